@@ -1,0 +1,1 @@
+"""HF <-> Megatron checkpoint conversion; the layout rules live in `convert.layout`."""

@@ -1,0 +1,25 @@
+"""Data: the history-resampling sampler, DAPO's dynamic-sampling filter, the stage scheduler."""
+
+from srpo_megatron.data.sampler import (
+    DynamicSamplingDecision,
+    DynamicSamplingFilter,
+    HistoryResamplingSampler,
+)
+from srpo_megatron.data.stages import (
+    SamplerFactory,
+    StageConfig,
+    StageScheduler,
+    history_sampler_factory,
+    mixture_counts,
+)
+
+__all__ = [
+    "DynamicSamplingDecision",
+    "DynamicSamplingFilter",
+    "HistoryResamplingSampler",
+    "SamplerFactory",
+    "StageConfig",
+    "StageScheduler",
+    "history_sampler_factory",
+    "mixture_counts",
+]

@@ -1,0 +1,56 @@
+"""Running a megatron model through megatron's pipeline schedule (1F1B under PP, plain otherwise).
+
+The caller supplies micro-batches and a per-micro-batch `loss_fn(batch, output) -> (loss, metrics)`
+evaluated on the last pipeline stage, where `output` is this TP rank's logits [b, T, V/tp].
+Used for verification (forward only), log-prob recomputation and training (forward + backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Callable
+
+import torch
+
+LossFn = Callable[[dict, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only: bool) -> list[dict]:
+    """Forward (and backward unless forward_only) over micro-batches; returns loss_fn's metrics.
+
+    Every micro-batch holds "tokens" [b, T] (the same b and T for all, as pipeline p2p needs) and
+    whatever loss_fn reads. The returned list is non-empty only on the last pipeline stage.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def forward_step(data_iterator, step_model):
+        batch = next(data_iterator)
+        tokens = batch["tokens"]
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        output = step_model(tokens, positions, None)  # causal mask is built inside attention
+        return output, partial(_call_loss, loss_fn, batch)
+
+    micro_batch_size, seq_length = micro_batches[0]["tokens"].shape
+    context = torch.no_grad() if forward_only else contextlib.nullcontext()
+    with context:
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro_batches),
+            model=[model],
+            num_microbatches=len(micro_batches),
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=forward_only,
+        )
+
+
+def _call_loss(loss_fn: LossFn, batch: dict, output: torch.Tensor):
+    return loss_fn(batch, output)
+
+
+def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """All TP shards' logits concatenated on the vocabulary axis (verification only: it is big)."""
+    from megatron.core import tensor_parallel
+
+    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)

