@@ -89,7 +89,7 @@ def init_distributed(
         enable_cpu_compat()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))  # only a single process gets here unset
         dist.init_process_group(
             backend=backend,
             rank=rank,

@@ -1,4 +1,4 @@
-"""Build a tiny Qwen2-architecture model and a small byte-level BPE tokenizer, offline.
+"""Build a tiny Qwen2- (or Llama-) architecture model and a small byte-level BPE tokenizer, offline.
 
 Used by the tests and the CPU demo: nothing is downloaded. head_dim is 64 because vLLM's CPU
 attention does not support smaller heads.
@@ -65,12 +65,12 @@ def build_tokenizer(vocab_size: int):
 
 
 def build_model_config(args: argparse.Namespace, tokenizer_len: int):
-    from transformers import Qwen2Config
+    from transformers import LlamaConfig, Qwen2Config
 
     vocab_size = args.vocab_size or tokenizer_len
     if vocab_size < tokenizer_len:
         raise ValueError(f"--vocab-size {vocab_size} is smaller than the tokenizer ({tokenizer_len})")
-    return Qwen2Config(
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=args.hidden,
         intermediate_size=args.ffn or 2 * args.hidden,
@@ -85,8 +85,10 @@ def build_model_config(args: argparse.Namespace, tokenizer_len: int):
         torch_dtype="float32",
         eos_token_id=None,
         bos_token_id=None,
-        use_sliding_window=False,
     )
+    if args.arch == "llama":
+        return LlamaConfig(**common, attention_bias=False, mlp_bias=False)
+    return Qwen2Config(**common, use_sliding_window=False)
 
 
 def make_tiny_model(out: str | Path, **overrides) -> Path:
@@ -101,7 +103,7 @@ def make_tiny_model(out: str | Path, **overrides) -> Path:
 
 def _build(args: argparse.Namespace) -> Path:
     import torch
-    from transformers import Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,8 +112,8 @@ def _build(args: argparse.Namespace) -> Path:
     config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     torch.manual_seed(args.seed)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
-    if args.bias_std > 0:  # random QKV biases, so layout bugs in the bias show up in tests
+    model = AutoModelForCausalLM.from_config(config).to(torch.float32)
+    if args.bias_std > 0 and args.arch == "qwen2":  # random QKV biases, so layout bugs in the bias show up in tests
         with torch.no_grad():
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
@@ -126,6 +128,7 @@ def _build(args: argparse.Namespace) -> Path:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory (HF format)")
+    p.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=256, help="hidden size; heads = hidden / 64")
     p.add_argument("--ffn", type=int, default=0, help="intermediate size (default 2 x hidden)")

@@ -1,4 +1,4 @@
-"""SRPO algorithm core: group-relative advantages, the clipped policy loss, vocab-parallel log-probs.
+"""SRPO algorithm core: group-relative advantages, clipped policy loss, vocab-parallel log-probs.
 
 `logprobs` imports megatron-core and is not imported here; import it from its module.
 """

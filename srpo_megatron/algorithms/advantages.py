@@ -96,7 +96,9 @@ def _group_stats(rewards: torch.Tensor, group_size: int):
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_size: int, config: AdvantageConfig) -> AdvantageOutput:
+def grpo_advantages(
+    rewards: torch.Tensor, group_size: int, config: AdvantageConfig
+) -> AdvantageOutput:
     """A_ij = (r_ij - mean_j r_i) / (std_j r_i + eps), std UNBIASED (divides by G - 1).
 
     Unbiased because GRPO, verl and DAPO use `torch.std`'s default: published clip ranges and
@@ -110,7 +112,9 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, config: AdvantageCon
 
 
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
-def dr_grpo_advantages(rewards: torch.Tensor, group_size: int, config: AdvantageConfig) -> AdvantageOutput:
+def dr_grpo_advantages(
+    rewards: torch.Tensor, group_size: int, config: AdvantageConfig
+) -> AdvantageOutput:
     """A_ij = r_ij - mean_j r_i (Dr. GRPO): no std division, so easy and hard prompts are not
     up-weighted relative to each other. `config.eps` is unused."""
     grouped, mean, std, zero = _group_stats(rewards, group_size)

@@ -21,7 +21,9 @@ from megatron.core.tensor_parallel import (
 
 def _scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0 (use the rollout's sampling temperature)")
+        raise ValueError(
+            f"temperature={temperature} must be > 0 (use the rollout's sampling temperature)"
+        )
     # The division always allocates, so the caller's logits are never modified in place (megatron's
     # cross entropy subtracts the max in place); fp32 because log-prob ratios need it.
     return (logits.float() / temperature).contiguous()  # [B, T, V/tp]

@@ -6,10 +6,10 @@ settings of the same "ppo_clip" objective (see `policy_loss_preset`).
 
 Normalisation contract: the loss of one micro-batch is already divided by the GLOBAL count
 (tokens or sequences of the whole step on all DP ranks), so summing it over micro-batches and DP
-ranks gives the global mean. Megatron's `forward_backward_func` divides a 2-tuple loss by the
-number of micro-batches and its DDP averages gradients over DP, so a caller using that path
-multiplies the returned loss by num_microbatches * dp_size (or returns the un-normalised sum
-with `calculate_per_token_loss`). `local_loss_counts` gives the counts to all-reduce.
+ranks gives the global mean. Megatron-core 0.16's `forward_backward_func` scales a 2-tuple loss by
+cp_size / num_microbatches and its DDP averages gradients over DP, so a caller on that path
+undoes both (at CP=1: multiply the returned loss by num_microbatches * dp_size), or returns a
+3-tuple with `calculate_per_token_loss`. `local_loss_counts` gives the counts to all-reduce.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class PolicyLossConfig:
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
-                f"PolicyLossConfig.aggregation={self.aggregation!r}; use one of {list(AGGREGATIONS)}"
+                f"PolicyLossConfig.aggregation={self.aggregation!r} is not supported; "
+                f"use one of {list(AGGREGATIONS)}"
             )
 
 
@@ -162,7 +163,9 @@ def aggregate(
     masked = per_token * mask  # [B, T]
     if aggregation == "token_mean":
         if global_num_tokens is None:
-            raise ValueError("aggregation='token_mean' needs global_num_tokens (see local_loss_counts)")
+            raise ValueError(
+                "aggregation='token_mean' needs global_num_tokens (see local_loss_counts)"
+            )
         return masked.sum() / global_num_tokens
     if aggregation == "sequence_mean":
         if global_num_sequences is None:
@@ -221,7 +224,9 @@ def policy_loss(
     pg_tok, clipped = POLICY_LOSSES.get(config.loss_mode)(log_ratio, adv, config)  # [B, T]
 
     def agg(per_token: torch.Tensor) -> torch.Tensor:
-        return aggregate(per_token, mask, config.aggregation, global_num_tokens, global_num_sequences)
+        return aggregate(
+            per_token, mask, config.aggregation, global_num_tokens, global_num_sequences
+        )
 
     pg_loss = agg(pg_tok)
     loss = pg_loss

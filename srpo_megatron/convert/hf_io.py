@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 from pathlib import Path
@@ -89,6 +90,7 @@ class ShardedSafetensorsWriter:
         save_file(self._pending, str(self.dir / filename), metadata={"format": "pt"})
         self._files.append((filename, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
+        _release_freed_memory()
 
     def close(self) -> None:
         if self._pending:
@@ -103,6 +105,15 @@ class ShardedSafetensorsWriter:
             weight_map.update({name: final for name in names})
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
         (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after large frees), so the
+    process's footprint follows the tensors alive now rather than the largest ever held."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def copy_hf_metadata(src: str | Path, dst: str | Path) -> None:

@@ -48,8 +48,8 @@ class HistoryResamplingSampler:
     next step's prompts (no prefetching across steps).
 
     Empty pool: if filtering leaves fewer than `global_batch_size` prompts, the pool resets to
-    the full dataset with a RuntimeWarning (`epoch_stats[-1]["reset"]` is True); training on
-    continues rather than stopping a run whose data has become too easy.
+    the full dataset with a RuntimeWarning (`epoch_stats[-1]["reset"]` is True): the run goes
+    on instead of stopping when its data has become too easy.
 
     `enabled=False` is plain GRPO sampling: outcomes are still recorded for `epoch_stats`, but
     the pool never shrinks. Iterate with one iterator at a time: position lives on the sampler.
@@ -186,7 +186,7 @@ class HistoryResamplingSampler:
                 "pass one list of per-rollout booleans per prompt"
             )
         records = []
-        for index, outcomes in zip(sample_ids, correct):
+        for index, outcomes in zip(sample_ids, correct, strict=True):
             index = int(index)
             if not 0 <= index < self.total_samples:
                 raise ValueError(f"record: sample id {index} outside [0, {self.total_samples})")

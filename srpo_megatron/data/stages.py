@@ -61,10 +61,14 @@ class StageConfig:
             )
         field, value = ("steps", self.steps) if self.steps is not None else ("epochs", self.epochs)
         if not (isinstance(value, int) and value > 0):
-            raise ValueError(f"stage {self.name!r}: StageConfig.{field}={value!r} must be an int > 0")
+            raise ValueError(
+                f"stage {self.name!r}: StageConfig.{field}={value!r} must be an int > 0"
+            )
 
 
-def mixture_counts(mixture: Mapping[str, float], batch_size: int, multiple_of: int = 1) -> dict[str, int]:
+def mixture_counts(
+    mixture: Mapping[str, float], batch_size: int, multiple_of: int = 1
+) -> dict[str, int]:
     """Split `batch_size` prompts across domains in proportion to `mixture`.
 
     Largest-remainder rounding in units of `multiple_of` (the DP size, so every rank gets whole
@@ -143,7 +147,9 @@ class StageScheduler:
         names = [stage.name for stage in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"StageScheduler: duplicate stage names {duplicates}; names must be unique")
+            raise ValueError(
+                f"StageScheduler: duplicate stage names {duplicates}; names must be unique"
+            )
         if prompts_per_step <= 0 or prompts_per_step % data_parallel_size != 0:
             raise ValueError(
                 f"prompts_per_step={prompts_per_step} must be a positive multiple of "
@@ -176,7 +182,8 @@ class StageScheduler:
         counts = self.domain_counts()
         if domain not in counts:
             raise ValueError(
-                f"stage {self.stage.name!r} draws no {domain!r} prompts; its domains: {sorted(counts)}"
+                f"stage {self.stage.name!r} draws no {domain!r} prompts; "
+                f"its domains: {sorted(counts)}"
             )
         if domain not in self._samplers:
             self._samplers[domain] = self._factory(self.stage, domain, counts[domain])
@@ -191,7 +198,9 @@ class StageScheduler:
             batch[domain] = next(self._iterators[domain])
         return batch
 
-    def record(self, domain: str, sample_ids: Sequence[int], correct: Sequence[Sequence[bool]]) -> None:
+    def record(
+        self, domain: str, sample_ids: Sequence[int], correct: Sequence[Sequence[bool]]
+    ) -> None:
         """Per-rollout correctness of this rank's `domain` prompts (collective over DP)."""
         self.sampler(domain).record(sample_ids, correct)
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     elif result.sbatch_script:
         print(f"submitted Slurm job {result.job_id}; script {result.sbatch_script}; logs under {result.experiment_dir}")
     else:
-        print(f"local run {result.job_id} finished; logs under {result.experiment_dir}")
+        print(f"local run {result.job_id}: {result.final_state}; logs under {result.experiment_dir}")
+        return 0 if result.final_state == "SUCCEEDED" else 1
     return 0
 
 

@@ -139,10 +139,10 @@ def load_launch_config(
         raise LaunchConfigError(f"launch config {path}: cannot read it ({err.strerror})") from err
     if not isinstance(raw, dict):
         raise LaunchConfigError(f"launch config {path}: expected a mapping at the top level")
-    for item in sets:
-        _apply_set(raw, item)
-    raw = _interpolate(raw, os.environ if env is None else env, "")
     try:
+        for item in sets:
+            _apply_set(raw, item)
+        raw = _interpolate(raw, os.environ if env is None else env, "")
         cfg = _build(LaunchConfig, raw, "")
         validate(cfg)
     except LaunchConfigError as err:

@@ -27,6 +27,8 @@ class Submission:
     """The generated sbatch script (Slurm only)."""
     job_id: Optional[str]
     """Slurm job id, or the local app id; None for a dry run."""
+    final_state: Optional[str] = None
+    """Local runs only (they block): torchx's final state, e.g. SUCCEEDED or FAILED."""
 
 
 def trainer_task(cfg: LaunchConfig, extra_overrides: list[str] = ()) -> run.Script:
@@ -70,4 +72,7 @@ def submit(cfg: LaunchConfig, task: run.Script, dryrun: bool = False) -> Submiss
     exp_dir = job.executor.experiment_dir
     scripts = sorted(glob.glob(os.path.join(exp_dir, "*_sbatch.sh")))
     job_id = None if dryrun else job.handle.rstrip("/").split("/")[-1]
-    return Submission(experiment_dir=exp_dir, sbatch_script=scripts[0] if scripts else None, job_id=job_id)
+    final_state = job.state.name if not (dryrun or detach) else None
+    return Submission(
+        experiment_dir=exp_dir, sbatch_script=scripts[0] if scripts else None, job_id=job_id, final_state=final_state
+    )

@@ -27,6 +27,7 @@ from srpo_megatron.rewards.types import RewardResult
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _PARSE_TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
 _WORKER_START_TIMEOUT_S = 120.0  # a cold fork server imports sympy; slow on a loaded 2-core box
+_MAX_FAILED_STARTS = 8
 _GOLD_CACHE_SIZE = 4096  # G rollouts share one reference: parse it once per worker
 
 
@@ -85,7 +86,7 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _strip_math_delimiters(text: str) -> str:
-    text = text.strip().rstrip(".").strip()
+    text = text.strip().strip("*").strip().rstrip(".").strip()  # "**Answer:** 12." -> "12"
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
             return text[len(left) : len(text) - len(right)].strip()
@@ -190,6 +191,7 @@ class GradingPool:
             self._ctx.set_forkserver_preload([__name__])
         self._lock = threading.Lock()
         self._workers = [_Worker(self._ctx, memory_mb) for _ in range(workers)]
+        self._failed_starts = 0  # consecutive deaths before "ready": a broken host, not bad luck
         self._closed = False
 
     def grade(
@@ -252,11 +254,16 @@ class GradingPool:
                 w.task = None
             elif message[0] == "ready":
                 w.ready = True
-            elif not w.ready:
-                raise RuntimeError(f"math grading worker failed to start: {message[-1]}")
-            else:
+                self._failed_starts = 0
+            elif message[0] == "failed":
+                raise RuntimeError(f"math grading worker failed to start: {message[1]}")
+            else:  # died: killed from outside (OOM killer) or crashed in C code
                 if w.task is not None:
                     results[w.task] = RewardResult(0.0, "grader crashed")
+                if not w.ready:
+                    self._failed_starts += 1
+                    if self._failed_starts > _MAX_FAILED_STARTS:
+                        raise RuntimeError(f"{self._failed_starts} math grading workers died while starting")
                 self._replace(w)
 
     def _expire(self, results: list) -> None:

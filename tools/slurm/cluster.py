@@ -1,7 +1,7 @@
 """Start and stop a real 2-node Slurm cluster on this one machine, for the launcher tests.
 
-Two slurmd daemons (`slurmd -N n1`, `slurmd -N n2`) listen on 127.0.0.1:17001-17002 and a slurmctld
-schedules onto them, so `sbatch -N2` / `srun -N2` behave as on a real multi-node cluster. Everything
+Two slurmd daemons (`slurmd -N n1`, `slurmd -N n2`) listen on 127.0.0.1:17001-17002 (the next free
+ports when those are taken) and a slurmctld schedules onto them, so `sbatch -N2` / `srun -N2` behave as on a real multi-node cluster. Everything
 (munge key and socket, slurm.conf, state, spool, logs, pids) lives in one directory, so the cluster
 does not touch /etc and several can coexist. Needs root and tools/slurm/install.sh.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NODES = ("n1", "n2")
-SLURMD_PORTS = (17001, 17002)
+SLURMD_PORT = 17001  # n1; n2 listens on the next port
 SLURMCTLD_PORT = 16817
 PARTITION = "debug"
 _SBIN = "/usr/sbin"
@@ -63,19 +63,42 @@ def _which(cmd: str) -> bool:
     return subprocess.run(["which", cmd], capture_output=True).returncode == 0
 
 
-def _slurm_conf(root: Path, cpus: int) -> str:
-    """slurm.conf for two nodes on 127.0.0.1; %n keeps each slurmd's spool, log and pid apart."""
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports() -> tuple[int, int]:
+    """(slurmctld port, first slurmd port): the defaults, or the next free ones when another
+    cluster (say, a second test session) holds them."""
+    for offset in range(0, 400, 10):
+        ctld, slurmd = SLURMCTLD_PORT + offset, SLURMD_PORT + offset
+        if all(_port_free(p) for p in (ctld, *range(slurmd, slurmd + len(NODES)))):
+            return ctld, slurmd
+    raise RuntimeError(f"local Slurm: no free ports near {SLURMCTLD_PORT} and {SLURMD_PORT}")
+
+
+def _slurm_conf(root: Path, cpus: int, ctld_port: int, slurmd_port: int) -> str:
+    """slurm.conf for two nodes on 127.0.0.1; %n keeps each slurmd's spool, log and pid apart.
+
+    cred_expire (also the delay before a requeued job may start; 120 s by default) and the
+    scheduler interval are short so that a requeue test takes seconds, not minutes."""
     host = socket.gethostname().split(".")[0]
     nodes = f"n[1-{len(NODES)}]"
     return f"""\
 ClusterName=srpolocal
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={SLURMCTLD_PORT}
+SlurmctldPort={ctld_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket
+AuthInfo=socket={root}/munge/munge.socket,cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
@@ -87,6 +110,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 MpiDefault=none
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
@@ -97,7 +121,7 @@ MinJobAge=600
 KillWait=10
 InactiveLimit=0
 SlurmdTimeout=60
-NodeName={nodes} NodeAddr=127.0.0.1 NodeHostname={host} Port={SLURMD_PORTS[0]}-{SLURMD_PORTS[-1]} CPUs={cpus} State=UNKNOWN
+NodeName={nodes} NodeAddr=127.0.0.1 NodeHostname={host} Port={slurmd_port}-{slurmd_port + len(NODES) - 1} CPUs={cpus} State=UNKNOWN
 PartitionName={PARTITION} Nodes={nodes} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
 
@@ -113,7 +137,7 @@ def _prepare(root: Path) -> None:
     if not key.exists():
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o600)
-    (root / "slurm.conf").write_text(_slurm_conf(root, os.cpu_count() or 1))
+    (root / "slurm.conf").write_text(_slurm_conf(root, os.cpu_count() or 1, *_pick_ports()))
 
 
 def _spawn(cmd: list[str], log: Path) -> int:
