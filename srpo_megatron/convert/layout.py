@@ -162,3 +162,35 @@ def unshard(rule: ParamRule, shards: list[torch.Tensor]) -> torch.Tensor:
 def rules_by_name(shape: ModelShape) -> dict[str, ParamRule]:
     return {rule.name: rule for rule in param_rules(shape)}
 
+
+
+def full_shape(rule: ParamRule, shape: ModelShape, vocab_size_padded: int) -> tuple[int, ...]:
+    """Shape of the full (unsharded) Megatron tensor, known on every rank without communication."""
+    h, hd = shape.hidden_size, shape.head_dim
+    qkv_rows = (shape.num_attention_heads + 2 * shape.num_query_groups) * hd
+    if rule.kind == "vocab":
+        return (vocab_size_padded, h)
+    if rule.kind == "qkv":
+        return (qkv_rows, h) if rule.name.endswith("weight") else (qkv_rows,)
+    if rule.kind == "fc1":
+        return (2 * shape.ffn_hidden_size, h)
+    if rule.name.endswith("linear_proj.weight"):
+        return (h, shape.num_attention_heads * hd)
+    if rule.name.endswith("linear_fc2.weight"):
+        return (h, shape.ffn_hidden_size)
+    return (h,)  # RMSNorm weights
+
+
+def sync_order(shape: ModelShape) -> list[tuple[ParamRule, int | None]]:
+    """(rule, layer) in model order, each layer's parameters together.
+
+    vLLM finishes loading a module only when all its tensors arrived in the same call, so weight
+    streams keep a layer's tensors adjacent and buckets split only between layers.
+    """
+    rules = param_rules(shape)
+    per_layer = [r for r in rules if r.per_layer]
+    order = [(r, None) for r in rules if r.name.startswith("embedding")]
+    for layer in range(shape.num_layers):
+        order += [(r, layer) for r in per_layer]
+    order += [(r, None) for r in rules if not r.per_layer and not r.name.startswith("embedding")]
+    return order

@@ -16,12 +16,20 @@ from srpo_megatron.launch.config import LaunchConfigError, load_launch_config
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m srpo_megatron.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m srpo_megatron.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="launch YAML (see examples/*/launch*.yaml)")
-    parser.add_argument("--dryrun", action="store_true", help="write the sbatch script, print its path, submit nothing")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        "--dryrun", action="store_true", help="write the sbatch script, print its path, submit nothing"
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a launch-config field, e.g. --set slurm.time=02:00:00 (repeatable)",
     )
     parser.add_argument("overrides", nargs="*", help="trainer key=value overrides, appended to the config's")
@@ -40,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: trainer override {bad[0]!r} is not key=value", file=sys.stderr)
         return 2
     # nemo-run is imported only now: it is slow to import and not needed to report config errors.
-    from srpo_megatron.launch.submit import submit, trainer_task
+    from srpo_megatron.launch.submit import TASK_NAME, submit, trainer_task
 
     try:
         result = submit(cfg, trainer_task(cfg, args.overrides), dryrun=args.dryrun)
@@ -50,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dryrun:
         print(result.sbatch_script or result.experiment_dir)
     elif result.sbatch_script:
-        print(f"submitted Slurm job {result.job_id}; script {result.sbatch_script}; logs under {result.experiment_dir}")
+        print(f"submitted Slurm job {result.job_id}; script {result.sbatch_script}")
+        print(f"logs: {result.experiment_dir}/{TASK_NAME}/log-*.out")
     else:
         print(f"local run {result.job_id}: {result.final_state}; logs under {result.experiment_dir}")
         return 0 if result.final_state == "SUCCEEDED" else 1

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -41,7 +41,7 @@ class TunnelConfig:
     """`ssh` only: the login node's host name."""
     user: str = ""
     """`ssh` only: the user name on the login node."""
-    identity: Optional[str] = None
+    identity: str | None = None
     """`ssh` only: private key file; None uses the SSH agent / default keys."""
 
 
@@ -51,20 +51,20 @@ class SlurmConfig:
 
     account: str = ""
     """Slurm account charged for the job (required)."""
-    partition: Optional[str] = None
+    partition: str | None = None
     """Partition to submit to; None uses the cluster default."""
     time: str = "04:00:00"
     """Wall-clock limit per allocation (HH:MM:SS or D-HH:MM:SS); a requeued job gets a fresh one."""
-    container_image: Optional[str] = None
+    container_image: str | None = None
     """Pyxis/enroot image (registry URI or .sqsh path) holding torch, vLLM and megatron-core;
     None runs on the node's own software (then set python_env)."""
     container_mounts: list[str] = field(default_factory=list)
     """Pyxis mounts `SRC:DST[:ro]`: code, data, checkpoints, HF cache."""
     exclusive: bool = True
     """Ask for whole nodes, so no other job shares the GPUs or NVLink domain."""
-    qos: Optional[str] = None
+    qos: str | None = None
     """Quality of service, when the cluster uses them."""
-    mem: Optional[str] = None
+    mem: str | None = None
     """Memory per node (`0` = all of it); None uses the partition default."""
     requeue: bool = True
     """Let Slurm requeue the job after preemption or node failure (`#SBATCH --requeue`)."""
@@ -98,12 +98,12 @@ class LaunchConfig:
     """Nodes; torchrun's --nnodes."""
     gpus_per_node: int = 0
     """GPUs per node (one rank per GPU); 0 for CPU-only runs."""
-    nproc_per_node: Optional[int] = None
+    nproc_per_node: int | None = None
     """Ranks per node (torchrun's --nproc-per-node); defaults to gpus_per_node, or 1 without GPUs."""
-    python_env: Optional[str] = None
+    python_env: str | None = None
     """Virtualenv whose bin/ goes first on the job's PATH (it provides torchrun and python);
     None uses the container's or node's own python."""
-    code_dir: Optional[str] = None
+    code_dir: str | None = None
     """`packager: none`: the repository as the job sees it (shared filesystem, or its mount point
     in the container); each rank starts there. Relative paths resolve against the launch
     directory, which is right when the job shares this filesystem; None means `.`."""
@@ -114,7 +114,7 @@ class LaunchConfig:
     """Extra environment for the job (NCCL settings, HF_HOME, WANDB_*...)."""
     rdzv_port: int = 29500
     """Port of torchrun's c10d rendezvous store on the first node."""
-    slurm: Optional[SlurmConfig] = None
+    slurm: SlurmConfig | None = None
     """Required with `executor: slurm`; not allowed otherwise."""
 
     @property
@@ -129,7 +129,7 @@ class LaunchConfig:
 
 
 def load_launch_config(
-    path: str | Path, sets: list[str] = (), env: Optional[dict[str, str]] = None
+    path: str | Path, sets: list[str] = (), env: dict[str, str] | None = None
 ) -> LaunchConfig:
     """Read a launch YAML, apply `key.sub=value` sets, interpolate ${VAR}s, build and validate it."""
     path = Path(path)
@@ -269,7 +269,9 @@ def _check_layout(cfg: LaunchConfig) -> None:
             f"name: {cfg.name!r} is not a valid experiment title; use letters, digits, '.', '_' or '-'"
         )
     if not cfg.train_config:
-        raise LaunchConfigError("train_config: must name the trainer YAML, e.g. examples/tiny_cpu/config.yaml")
+        raise LaunchConfigError(
+            "train_config: must name the trainer YAML, e.g. examples/tiny_cpu/config.yaml"
+        )
     for key in ("nodes", "nproc_per_node", "rdzv_port"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
@@ -288,7 +290,9 @@ def _check_layout(cfg: LaunchConfig) -> None:
 
 def _check_local(cfg: LaunchConfig) -> None:
     if cfg.nodes != 1:
-        raise LaunchConfigError(f"nodes: the local executor runs on this machine only (got {cfg.nodes}); set 1")
+        raise LaunchConfigError(
+            f"nodes: the local executor runs on this machine only (got {cfg.nodes}); set 1"
+        )
     if cfg.slurm is not None:
         raise LaunchConfigError("slurm: only used with executor: slurm; remove the section")
     if cfg.packager != "none":
@@ -302,17 +306,22 @@ def _check_slurm(cfg: LaunchConfig) -> None:
     if not slurm.account:
         raise LaunchConfigError("slurm.account: required; the Slurm account to charge (sacctmgr show assoc)")
     if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", slurm.time):
-        raise LaunchConfigError(f"slurm.time: {slurm.time!r} is not a Slurm time; write HH:MM:SS or D-HH:MM:SS")
+        raise LaunchConfigError(
+            f"slurm.time: {slurm.time!r} is not a Slurm time; write HH:MM:SS or D-HH:MM:SS"
+        )
     if slurm.max_requeues < 0 or slurm.term_signal_s < 0:
         raise LaunchConfigError(
-            f"slurm.max_requeues/term_signal_s: must be >= 0 (got {slurm.max_requeues}, {slurm.term_signal_s})"
+            "slurm.max_requeues/term_signal_s: must be >= 0 "
+            f"(got {slurm.max_requeues}, {slurm.term_signal_s})"
         )
     for i, mount in enumerate(slurm.container_mounts):
         if len(mount.split(":")) not in (2, 3):
             raise LaunchConfigError(f"slurm.container_mounts[{i}]: {mount!r} is not SRC:DST or SRC:DST:FLAGS")
     _check_choice("slurm.tunnel.kind", slurm.tunnel.kind, TUNNELS)
     if cfg.packager == "git" and cfg.code_dir:
-        raise LaunchConfigError("code_dir: not used with packager: git (the job runs in the shipped copy); remove it")
+        raise LaunchConfigError(
+            "code_dir: not used with packager: git (the job runs in the shipped copy); remove it"
+        )
     if slurm.tunnel.kind == "ssh":
         _check_ssh(cfg)
 
@@ -328,6 +337,12 @@ def _check_ssh(cfg: LaunchConfig) -> None:
             "on the cluster or inside the container, e.g. /workspace/srpo-megatron"
         )
     # Relative paths would resolve on this machine, not on the cluster.
-    for key, value in (("slurm.tunnel.job_dir", tunnel.job_dir), ("code_dir", cfg.code_dir), ("python_env", cfg.python_env)):
+    for key, value in (
+        ("slurm.tunnel.job_dir", tunnel.job_dir),
+        ("code_dir", cfg.code_dir),
+        ("python_env", cfg.python_env),
+    ):
         if value and not value.startswith("/"):
-            raise LaunchConfigError(f"{key}: {value!r} must be an absolute path on the cluster with an ssh tunnel")
+            raise LaunchConfigError(
+                f"{key}: {value!r} must be an absolute path on the cluster with an ssh tunnel"
+            )

@@ -58,7 +58,8 @@ def _slurm_env(cfg: LaunchConfig, slurm: SlurmConfig) -> dict[str, str]:
         env["PATH"] = f"{resolve_path(cfg.python_env)}/bin:$PATH"
     if slurm.term_signal_s:
         # torchrun SIGKILLs its workers 30 s after forwarding SIGTERM by default: too short for a
-        # sharded checkpoint. Give them the whole warning window (torch >= 2.9 reads this).
+        # sharded checkpoint. Give them the whole warning window (torch versions without this
+        # variable ignore it).
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(slurm.term_signal_s))
     return env
 
@@ -66,7 +67,9 @@ def _slurm_env(cfg: LaunchConfig, slurm: SlurmConfig) -> dict[str, str]:
 def _tunnel(cfg: LaunchConfig, slurm: SlurmConfig) -> run.SSHTunnel | run.LocalTunnel:
     tunnel = slurm.tunnel
     if tunnel.kind == "ssh":
-        return run.SSHTunnel(host=tunnel.host, user=tunnel.user, job_dir=tunnel.job_dir, identity=tunnel.identity)
+        return run.SSHTunnel(
+            host=tunnel.host, user=tunnel.user, job_dir=tunnel.job_dir, identity=tunnel.identity
+        )
     # nemo-run writes the sbatch script into the experiment directory but runs the job in the
     # tunnel's job_dir: with a local tunnel both must be the same place.
     return run.LocalTunnel(job_dir=os.path.join(experiments_base(cfg), "experiments"))
@@ -93,7 +96,7 @@ def _slurm_executor(cfg: LaunchConfig, slurm: SlurmConfig, launcher: run.Torchru
     if slurm.container_image and cfg.python_env:
         # Pyxis keeps the image's PATH unless told to take the batch script's.
         container_env = ["PATH"]
-    executor = run.SlurmExecutor(
+    return run.SlurmExecutor(
         account=slurm.account,
         partition=slurm.partition,
         job_name_prefix=f"{cfg.name}-",
@@ -119,4 +122,3 @@ def _slurm_executor(cfg: LaunchConfig, slurm: SlurmConfig, launcher: run.Torchru
         # The estimated-start-time poller is a background thread; a detached submit does not need it.
         poll_estimated_start_time=False,
     )
-    return executor

@@ -6,7 +6,6 @@ import glob
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Optional
 
 import nemo_run as run
 
@@ -23,11 +22,11 @@ class Submission:
 
     experiment_dir: str
     """Local experiment directory (nemo-run's records; with a local tunnel also the job's logs)."""
-    sbatch_script: Optional[str]
+    sbatch_script: str | None
     """The generated sbatch script (Slurm only)."""
-    job_id: Optional[str]
+    job_id: str | None
     """Slurm job id, or the local app id; None for a dry run."""
-    final_state: Optional[str] = None
+    final_state: str | None = None
     """Local runs only (they block): torchx's final state, e.g. SUCCEEDED or FAILED."""
 
 
@@ -74,5 +73,8 @@ def submit(cfg: LaunchConfig, task: run.Script, dryrun: bool = False) -> Submiss
     job_id = None if dryrun else job.handle.rstrip("/").split("/")[-1]
     final_state = job.state.name if not (dryrun or detach) else None
     return Submission(
-        experiment_dir=exp_dir, sbatch_script=scripts[0] if scripts else None, job_id=job_id, final_state=final_state
+        experiment_dir=exp_dir,
+        sbatch_script=scripts[0] if scripts else None,
+        job_id=job_id,
+        final_state=final_state,
     )

@@ -78,15 +78,17 @@ def build_model(
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Set the logits of padding vocabulary rows on this TP shard to -inf (in place).
+    """This TP shard's logits with the padding vocabulary rows at the lowest float (out of place).
 
-    logits: [..., V_padded / tp], this rank's vocabulary shard.
+    logits: [..., V_padded / tp]. Padding rows exist only so TP divides the vocabulary; masking
+    them makes every softmax equal the unpadded model's. The lowest finite value rather than
+    -inf keeps entropy's p * logit terms at 0 instead of NaN.
     """
     from megatron.core import parallel_state
 
     shard = logits.shape[-1]
-    start = parallel_state.get_tensor_model_parallel_rank() * shard
-    first_pad = max(vocab_size - start, 0)
-    if first_pad < shard:
-        logits[..., first_pad:] = float("-inf")
-    return logits
+    first_pad = vocab_size - parallel_state.get_tensor_model_parallel_rank() * shard
+    if first_pad >= shard:
+        return logits
+    is_pad = torch.arange(shard, device=logits.device) >= max(first_pad, 0)
+    return logits.masked_fill(is_pad, torch.finfo(logits.dtype).min)

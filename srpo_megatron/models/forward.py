@@ -54,3 +54,29 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
     from megatron.core import tensor_parallel
 
     return tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+
+
+def token_logprobs(output: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) from this TP rank's logits, without gathering the vocabulary.
+
+    output: [b, T, V/tp] logits; tokens: [b, T]. Returns [b, T]; position 0 (no prefix) is 0.
+    """
+    from srpo_megatron.algorithms.logprobs import vocab_parallel_logprobs
+    from srpo_megatron.models.builder import mask_padded_vocab
+
+    logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-1, V/tp]
+    logprobs = vocab_parallel_logprobs(logits, tokens[:, 1:], temperature=temperature)  # [b, T-1]
+    return torch.nn.functional.pad(logprobs, (1, 0))
+
+
+@torch.no_grad()
+def compute_logprobs(model, micro_batches: list[dict], vocab_size: int, temperature: float = 1.0) -> list[torch.Tensor]:
+    """Per-token log-probs [b, T] for each micro-batch (on the last pipeline stage; [] elsewhere)."""
+
+    def keep_logprobs(batch, output):
+        logprobs = token_logprobs(output, batch["tokens"], vocab_size, temperature)
+        return output.sum() * 0.0, {"logprobs": logprobs}
+
+    outputs = run_pipeline(model, micro_batches, keep_logprobs, forward_only=True)
+    return [out["logprobs"] for out in outputs]

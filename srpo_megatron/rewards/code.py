@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from srpo_megatron.rewards.sandbox import RunOutcome, Sandbox, SandboxReport
 from srpo_megatron.rewards.types import RewardResult
@@ -101,7 +102,9 @@ class TestSuite:
         if fn_name is None:
             return cls(None, tuple(_lines(x).encode() for x in inputs), tuple(_lines(y) for y in outputs))
         args = [_call_args(x) for x in inputs]
-        return cls(str(fn_name), tuple(json.dumps(a).encode() for a in args), tuple(map(_json_value, outputs)))
+        return cls(
+            str(fn_name), tuple(json.dumps(a).encode() for a in args), tuple(map(_json_value, outputs))
+        )
 
     def source(self, program: str, marker: str) -> str:
         """The program to run: as written (stdin tests) or followed by the call stub."""
@@ -209,11 +212,16 @@ def code_reward(
     return _score(report, failures, len(suite.inputs), partial_credit)
 
 
-def _score(report: SandboxReport, failures: dict[int, str], n_tests: int, partial_credit: bool) -> RewardResult:
+def _score(
+    report: SandboxReport, failures: dict[int, str], n_tests: int, partial_credit: bool
+) -> RewardResult:
     if report.status == "compile_error":
-        return RewardResult(0.0, f"syntax error: {report.detail.splitlines()[-1][:_REASON_CHARS]}")
-    if report.status in ("timeout", "crashed"):
-        failures.setdefault(len(report.runs), "timeout" if report.status == "timeout" else report.detail)
+        last_line = (report.detail.splitlines() or ["?"])[-1]
+        return RewardResult(0.0, f"compile error: {last_line[:_REASON_CHARS]}")
+    if report.status == "timeout":
+        failures.setdefault(len(report.runs), "timeout")
+    elif report.status == "crashed":
+        failures.setdefault(len(report.runs), f"sandbox crashed: {report.detail[:_REASON_CHARS]}")
     passed = len(report.runs) - len([i for i in failures if i < len(report.runs)])
     if passed == n_tests:
         return RewardResult(1.0, f"passed {n_tests}/{n_tests} tests")

@@ -7,9 +7,9 @@ results come back in input order with each component kept so the trainer can log
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from srpo_megatron.algorithms.registry import Registry
 from srpo_megatron.rewards.code import ProgramExtraction, code_reward_batch
@@ -112,7 +112,9 @@ class RewardScorer:
     def score(self, rows: Sequence[Mapping], responses: Sequence[str]) -> list[ScoredResponse]:
         """Score responses[i] for rows[i] (schema: `domain`, and `answer` or `tests`); input order."""
         if len(rows) != len(responses):
-            raise ValueError(f"got {len(rows)} rows but {len(responses)} responses; pass one row per response")
+            raise ValueError(
+                f"got {len(rows)} rows but {len(responses)} responses; pass one row per response"
+            )
         by_domain: dict[str, list[int]] = {}
         for index, row in enumerate(rows):
             domain = row.get("domain")
@@ -132,15 +134,19 @@ class RewardScorer:
                 for domain, idx in by_domain.items()
             }
             for domain, future in futures.items():
-                for index, result in zip(by_domain[domain], future.result()):
+                for index, result in zip(by_domain[domain], future.result(), strict=True):
                     accuracy[index] = result
-        return [self._combine(result, response) for result, response in zip(accuracy, responses)]
+        return [self._combine(result, response) for result, response in zip(accuracy, responses, strict=True)]
 
     def _combine(self, accuracy: RewardResult, response: str) -> ScoredResponse:
         cfg = self.config
         fmt = format_reward(response, cfg.format).score
         language = language_mixing_penalty(response, cfg.language_mixing_threshold).score
-        total = cfg.accuracy_weight * accuracy.score + cfg.format_weight * fmt - cfg.language_penalty_weight * language
+        total = (
+            cfg.accuracy_weight * accuracy.score
+            + cfg.format_weight * fmt
+            - cfg.language_penalty_weight * language
+        )
         return ScoredResponse(total, accuracy.score, fmt, language, accuracy.reason)
 
     def close(self) -> None:
@@ -169,14 +175,18 @@ def _field(rows: Sequence[Mapping], key: str, domain: str) -> list:
 
 
 @REWARD_DOMAINS.register("math")
-def _math_accuracy(scorer: RewardScorer, rows: Sequence[Mapping], responses: Sequence[str]) -> list[RewardResult]:
+def _math_accuracy(
+    scorer: RewardScorer, rows: Sequence[Mapping], responses: Sequence[str]
+) -> list[RewardResult]:
     cfg = scorer.config
     answers = [str(answer) for answer in _field(rows, "answer", "math")]
     return scorer.math_pool.grade(responses, answers, cfg.math_extraction, cfg.math_timeout_s)
 
 
 @REWARD_DOMAINS.register("code")
-def _code_accuracy(scorer: RewardScorer, rows: Sequence[Mapping], responses: Sequence[str]) -> list[RewardResult]:
+def _code_accuracy(
+    scorer: RewardScorer, rows: Sequence[Mapping], responses: Sequence[str]
+) -> list[RewardResult]:
     cfg = scorer.config
     return code_reward_batch(
         responses,

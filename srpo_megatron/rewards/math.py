@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
 import re
 import resource
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Sequence
+from pathlib import Path
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
@@ -26,7 +29,7 @@ from srpo_megatron.rewards.types import RewardResult
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _PARSE_TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
-_WORKER_START_TIMEOUT_S = 120.0  # a cold fork server imports sympy; slow on a loaded 2-core box
+_WORKER_START_TIMEOUT_S = 120.0  # a worker imports sympy: seconds on a loaded 2-core box
 _MAX_FAILED_STARTS = 8
 _GOLD_CACHE_SIZE = 4096  # G rollouts share one reference: parse it once per worker
 
@@ -52,8 +55,8 @@ def extract_answer(response: str, extraction: AnswerExtraction = AnswerExtractio
             return boxed
     if extraction.answer_line:
         last = None
-        for last in re.finditer(extraction.answer_line_pattern, response):
-            pass
+        for match in re.finditer(extraction.answer_line_pattern, response):
+            last = match
         if last is not None:
             text = _strip_math_delimiters(last.group(1))
             if text:
@@ -98,7 +101,9 @@ def _parse(text: str) -> list:
     return parse("\\boxed{" + text + "}", extraction_config=_PARSE_TARGETS, parsing_timeout=None)
 
 
-def grade_in_process(response: str, answer: str, extraction: AnswerExtraction, gold_cache: dict) -> tuple[float, str]:
+def grade_in_process(
+    response: str, answer: str, extraction: AnswerExtraction, gold_cache: dict
+) -> tuple[float, str]:
     """Score one response in the current process. May hang: call it through `GradingPool`."""
     predicted = extract_answer(response, extraction)
     if predicted is None:
@@ -118,25 +123,26 @@ def grade_in_process(response: str, answer: str, extraction: AnswerExtraction, g
     return 0.0, "wrong answer"
 
 
-def _worker_main(conn: Connection, memory_mb: int | None) -> None:
-    """Grading worker: answers (index, response, answer, extraction) requests until the pipe closes."""
+def _worker_main(fd: int, memory_mb: int) -> None:
+    """Grading worker: answers (index, response, answer, extraction, timeout) requests until EOF."""
+    conn = Connection(fd)
     try:
-        if memory_mb is not None:  # huge symbolic results fail with MemoryError instead of swapping
-            limit = memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if memory_mb > 0:  # huge symbolic results fail with MemoryError instead of swapping
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
         # Timeouts are ours (the parent's deadline); silence math-verify's "timeout disabled" warning.
         logging.getLogger("math_verify").setLevel(logging.ERROR)
         gold_cache: dict = {}
-        grade_in_process("\\boxed{1}", "1", AnswerExtraction(), gold_cache)  # warm parser caches before the clock
+        grade_in_process("\\boxed{1}", "1", AnswerExtraction(), gold_cache)  # warm caches off the clock
         conn.send(("ready",))
     except BaseException as exc:  # noqa: BLE001 - report any start-up failure to the parent
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     while True:
         try:
-            index, response, answer, extraction = conn.recv()
+            index, response, answer, extraction, timeout_s = conn.recv()
         except (EOFError, OSError):
             return
+        _limit_cpu(timeout_s)
         try:
             score, reason = grade_in_process(response, answer, extraction, gold_cache)
         except Exception as exc:  # noqa: BLE001 - any input must yield a score, never a crash
@@ -144,16 +150,42 @@ def _worker_main(conn: Connection, memory_mb: int | None) -> None:
         conn.send(("result", index, score, reason))
 
 
-class _Worker:
-    """One grading process, its pipe, and the task it is working on."""
+def _limit_cpu(timeout_s: float) -> None:
+    """Backstop for the parent's deadline: a stuck worker dies of SIGXCPU even if the parent is gone."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(usage.ru_utime + usage.ru_stime + timeout_s) + 2
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
 
-    def __init__(self, ctx: mp.context.BaseContext, memory_mb: int | None) -> None:
-        self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, memory_mb), daemon=True, name="srpo-math-grader"
-        )
-        self.process.start()
-        child_conn.close()
+
+# `-P`: the working directory is not put on sys.path, so a local `math.py` cannot shadow the stdlib.
+_WORKER_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from srpo_megatron.rewards.math import _worker_main; _worker_main(int(sys.argv[2]), int(sys.argv[3]))"
+)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+class _Worker:
+    """One grading process, its socket, and the task it is working on."""
+
+    def __init__(self, memory_mb: int | None) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-P",
+                    "-c",
+                    _WORKER_BOOT,
+                    _PACKAGE_PARENT,
+                    str(theirs.fileno()),
+                    str(memory_mb or 0),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C meant for the trainer must not kill a grade mid-way
+            )
+        self.conn = Connection(ours.detach())
         self.started = time.monotonic()
         self.ready = False
         self.task: int | None = None
@@ -161,36 +193,28 @@ class _Worker:
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join()
+        self.process.wait()
         self.conn.close()
 
 
 class GradingPool:
     """Math grading workers that the parent can kill and replace; safe to share between threads.
 
-    Workers come from multiprocessing's fork server, which imports this module once: a replacement
-    worker costs a fork (milliseconds) instead of a sympy import (about a second), and the caller's
-    own threads (vLLM, torch) are never forked. Workers are reused across calls.
+    Workers are fresh interpreters (`python -c`), started once and reused across calls; a worker is
+    replaced only when it times out or dies, at the cost of one math-verify import (about 0.5 s of
+    CPU, small next to the timeout that caused it). Not multiprocessing: its fork server or spawn
+    would re-import the caller's `__main__` (the trainer, with torch and vLLM) in every worker.
     """
 
-    def __init__(
-        self,
-        workers: int = 2,
-        timeout_s: float = 5.0,
-        memory_mb: int | None = 4096,
-        start_method: str = "forkserver",
-    ) -> None:
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, memory_mb: int | None = 4096) -> None:
         if workers < 1:
             raise ValueError(f"GradingPool workers must be >= 1 (got {workers}); use 1 for serial grading")
         if not timeout_s > 0:
             raise ValueError(f"GradingPool timeout_s must be > 0 seconds (got {timeout_s})")
         self.timeout_s = timeout_s
         self._memory_mb = memory_mb
-        self._ctx = mp.get_context(start_method)
-        if start_method == "forkserver":
-            self._ctx.set_forkserver_preload([__name__])
         self._lock = threading.Lock()
-        self._workers = [_Worker(self._ctx, memory_mb) for _ in range(workers)]
+        self._workers = [_Worker(memory_mb) for _ in range(workers)]
         self._failed_starts = 0  # consecutive deaths before "ready": a broken host, not bad luck
         self._closed = False
 
@@ -203,7 +227,9 @@ class GradingPool:
     ) -> list[RewardResult]:
         """Score responses[i] against answers[i] in parallel; results in input order."""
         if len(responses) != len(answers):
-            raise ValueError(f"got {len(responses)} responses but {len(answers)} answers; pass one answer per response")
+            raise ValueError(
+                f"got {len(responses)} responses but {len(answers)} answers; pass one answer per response"
+            )
         timeout = self.timeout_s if timeout_s is None else timeout_s
         results: list[RewardResult | None] = [None] * len(responses)
         pending = deque(range(len(responses)))
@@ -223,6 +249,13 @@ class GradingPool:
                 raise
         return results  # type: ignore[return-value]  # every slot is filled when the loop ends
 
+    def wait_ready(self) -> None:
+        """Block until every worker has started, e.g. before the first RL step or before timing."""
+        with self._lock:
+            while not all(w.ready for w in self._workers):
+                self._collect([])
+                self._expire([])
+
     def _dispatch(self, pending, responses, answers, extraction, timeout: float) -> None:
         for w in self._workers:
             if not pending:
@@ -230,7 +263,7 @@ class GradingPool:
             if w.ready and w.task is None:
                 index = pending.popleft()
                 try:
-                    w.conn.send((index, responses[index], answers[index], extraction))
+                    w.conn.send((index, responses[index], answers[index], extraction, timeout))
                 except OSError:  # the worker died between tasks: retry the task on a fresh one
                     pending.appendleft(index)
                     self._replace(w)
@@ -273,11 +306,13 @@ class GradingPool:
                 results[w.task] = RewardResult(0.0, "timeout")
                 self._replace(w)
             elif not w.ready and now >= w.started + _WORKER_START_TIMEOUT_S:
-                raise RuntimeError(f"math grading worker did not start within {_WORKER_START_TIMEOUT_S:.0f} s")
+                raise RuntimeError(
+                    f"math grading worker did not start within {_WORKER_START_TIMEOUT_S:.0f} s"
+                )
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        self._workers[self._workers.index(worker)] = _Worker(self._ctx, self._memory_mb)
+        self._workers[self._workers.index(worker)] = _Worker(self._memory_mb)
 
     def close(self) -> None:
         """Kill the workers; idempotent."""

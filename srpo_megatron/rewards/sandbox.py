@@ -22,7 +22,6 @@ enter the sandbox, so a program cannot print what it was supposed to compute. Ne
 
 from __future__ import annotations
 
-import builtins
 import marshal
 import os
 import resource
@@ -32,6 +31,7 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 # ---------------------------------------------------------------------------------------------------
 # Runner: executes inside the sandbox as `python -I -S sandbox.py JOB` (stdlib imports only).
@@ -66,10 +66,10 @@ def _runner_main(job_path: str) -> int:
 
 def _setup(job: dict) -> None:
     """Mounts and limits as root, then privileges dropped and the network audit hook installed."""
+    os.umask(0o022)  # the interpreter directories recreated below must be enterable by the sandbox user
     if job["mount_ns"]:
         _private_mounts(job)
     os.chdir(job["workdir"])
-    os.umask(0o077)
     nofile = 64 + len(job["inputs"])
     resource.setrlimit(resource.RLIMIT_AS, (job["memory"], job["memory"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
@@ -168,9 +168,10 @@ def _child(code, stdin_fd: int, out_w: int, err_w: int, job: dict) -> None:
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         resource.setrlimit(resource.RLIMIT_CPU, (job["cpu"], job["cpu"] + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (job["fsize"], job["fsize"]))
-        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+        # Fresh streams on the new fds; they live until os._exit, so no context managers.
+        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         sys.argv = ["<program>"]
         exit_code = _exec_program(code)
         sys.stdout.flush()
@@ -184,8 +185,10 @@ def _child(code, stdin_fd: int, out_w: int, err_w: int, job: dict) -> None:
 
 
 def _exec_program(code) -> int:
+    main = types.ModuleType("__main__")  # the program's own __main__ (pickle, `import __main__`)
+    sys.modules["__main__"] = main
     try:
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
+        exec(code, main.__dict__)
         return 0
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -273,14 +276,15 @@ if __name__ == "__main__":
 # Parent API: runs in the caller's process.
 # ---------------------------------------------------------------------------------------------------
 
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import pwd  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Callable, Sequence  # noqa: E402
 
 _RUN_SLACK_S = 0.5  # per-run allowance on top of the run timeout for fork, frame and reaping
 
@@ -293,9 +297,11 @@ class SandboxConfig:
     """Wall-clock limit per run (one stdin input); CPU time is limited to the same, rounded up."""
     memory_mb: int = 1024
     """Address-space limit (RLIMIT_AS) of the program."""
-    max_processes: int = 64
+    max_processes: int = 256
     """RLIMIT_NPROC for the sandbox user (threads count). It counts every process of that uid on the
-    host, so it must cover the sandboxes that run in parallel; applied only when dropping from root."""
+    host: each running sandbox holds two (runner and program), so this must exceed twice the number
+    of parallel sandboxes, and a fork bomb can briefly starve its neighbours of the rest. Applied
+    only when dropping from root."""
     max_file_mb: int = 16
     """Largest file a run may write (RLIMIT_FSIZE)."""
     max_output_bytes: int = 4 << 20
@@ -427,7 +433,16 @@ class Sandbox:
 
     def _command(self, job_path: str) -> list[str]:
         stack = [self._prlimit, f"--stack={self.config.stack_mb << 20}"] if self._prlimit else []
-        return [*self._unshare, *stack, self.config.python, "-I", "-S", "-B", os.path.abspath(__file__), job_path]
+        return [
+            *self._unshare,
+            *stack,
+            self.config.python,
+            "-I",
+            "-S",
+            "-B",
+            os.path.abspath(__file__),
+            job_path,
+        ]
 
     def _env(self, scratch: str) -> dict[str, str]:
         home = self._workdir or scratch
@@ -496,10 +511,9 @@ def _program_failure(outcome: RunOutcome) -> SandboxReport:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:  # also after the runner exited: without a PID namespace its leftovers share its group
+    # Also after the runner exited: without a PID namespace its leftovers share its group.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # unshare --kill-child takes the namespace down with it
-    except ProcessLookupError:
-        pass
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
@@ -518,7 +532,7 @@ def _target_ids(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unshare_command(as_root: bool) -> tuple[str, ...]:
     """The `unshare` prefix that works on this host, or () when none does.
 

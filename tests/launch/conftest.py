@@ -47,7 +47,9 @@ def slurm_cluster(tmp_path_factory):
             ["bash", str(REPO / "tools/slurm/install.sh")], capture_output=True, text=True, timeout=900
         )
         if install.returncode != 0 or not cluster.slurm_installed():
-            pytest.skip(f"Slurm is not installed and tools/slurm/install.sh failed:\n{install.stderr[-2000:]}")
+            pytest.skip(
+                f"Slurm is not installed and tools/slurm/install.sh failed:\n{install.stderr[-2000:]}"
+            )
     started = cluster.start(tmp_path_factory.mktemp("slurm"))
     previous = os.environ.get("SLURM_CONF")
     os.environ.update(started.env)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("nemo_run", reason="launcher tests run in .venv-launch: .venv-launch/bin/python -m pytest tests/launch")
+pytest.importorskip(
+    "nemo_run", reason="launcher tests run in .venv-launch: .venv-launch/bin/python -m pytest tests/launch"
+)
 
 from srpo_megatron.launch.config import LaunchConfigError, load_launch_config  # noqa: E402
 from srpo_megatron.launch.executors import build_executor  # noqa: E402
@@ -30,7 +32,11 @@ def _dryrun(config: str, *extra: str, env: dict[str, str] | None = None) -> tupl
     """Run the CLI's --dryrun; return (sbatch script, the rank script it runs)."""
     proc = subprocess.run(
         [sys.executable, "-m", "srpo_megatron.launch", "--config", config, "--dryrun", *extra],
-        cwd=REPO, env=os.environ | (env or {}), capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sbatch = Path(proc.stdout.strip().splitlines()[-1])
@@ -43,7 +49,9 @@ def _dryrun(config: str, *extra: str, env: dict[str, str] | None = None) -> tupl
 
 
 def test_qwen32b_dryrun_4_nodes_x_8_gpus():
-    sbatch, rank = _dryrun("examples/qwen2.5-32b/launch.yaml", "--set", "slurm.time=02:00:00", "trainer.lr=2e-6", env=CLUSTER_ENV)
+    sbatch, rank = _dryrun(
+        "examples/qwen2.5-32b/launch.yaml", "--set", "slurm.time=02:00:00", "trainer.lr=2e-6", env=CLUSTER_ENV
+    )
     for line in (
         "#SBATCH --nodes=4",
         "#SBATCH --gpus-per-node=8",
@@ -62,7 +70,13 @@ def test_qwen32b_dryrun_4_nodes_x_8_gpus():
     assert "/lustre/alice/srpo-megatron:/workspace/srpo-megatron" in sbatch
     assert "--output /lustre/alice/nemo-jobs/srpo-qwen2.5-32b/" in sbatch  # logs on the cluster, via SSH
     torchrun = re.search(r"torchrun .*", sbatch).group(0)
-    for flag in ("--rdzv-backend c10d", "--rdzv-endpoint $head_node_ip:29500", "--nnodes 4", "--nproc-per-node 8", "--node-rank $SLURM_NODEID"):
+    for flag in (
+        "--rdzv-backend c10d",
+        "--rdzv-endpoint $head_node_ip:29500",
+        "--nnodes 4",
+        "--nproc-per-node 8",
+        "--node-rank $SLURM_NODEID",
+    ):
         assert flag in torchrun, torchrun
     assert rank.strip().endswith(
         "cd /workspace/srpo-megatron && exec python -m srpo_megatron.train "
@@ -80,7 +94,11 @@ def test_qwen7b_dryrun_1_node_x_8_gpus():
 def test_tiny_slurm_script_is_accepted_by_real_slurm(slurm_cluster, tmp_path, train_venv):
     """sbatch --test-only asks the local slurmctld to validate the script without running it."""
     sbatch, rank = _dryrun(
-        "examples/tiny_cpu/launch_slurm.yaml", "--set", f"slurm.tunnel.job_dir={tmp_path}", "--set", f"python_env={train_venv}"
+        "examples/tiny_cpu/launch_slurm.yaml",
+        "--set",
+        f"slurm.tunnel.job_dir={tmp_path}",
+        "--set",
+        f"python_env={train_venv}",
     )
     assert "#SBATCH --nodes=2" in sbatch and "gpus-per-node" not in sbatch
     assert f"export PATH={train_venv}/bin:$PATH" in sbatch
@@ -99,8 +117,19 @@ def test_unknown_sbatch_flag_names_the_field(tmp_path):
         build_executor(load_launch_config(path))
 
 
+@pytest.mark.skipif(
+    subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0,
+    reason="the git packager archives HEAD; this checkout has no commit yet",
+)
 def test_git_packager_ships_the_commit(tmp_path):
-    path = tmp_path / "launch.yaml"
-    path.write_text("name: t\ntrain_config: c.yaml\npackager: git\nslurm:\n  account: a\n")
-    executor = build_executor(load_launch_config(path))
-    assert type(executor.packager).__name__ == "GitArchivePackager"
+    sbatch, rank = _dryrun(
+        "examples/tiny_cpu/launch_slurm.yaml",
+        *("--set", "packager=git", "--set", "code_dir=null", "--set", f"slurm.tunnel.job_dir={tmp_path}"),
+    )
+    code = next(tmp_path.glob("experiments/*/*/train/code"))
+    assert (code / "srpo_megatron" / "__init__.py").is_file()  # git archive of HEAD
+    assert f"--chdir {code}" in sbatch  # ranks start in the shipped copy...
+    assert rank.strip().endswith(
+        "exec python -m srpo_megatron.train --config examples/tiny_cpu/config.yaml --resume auto"
+    )
+    assert "cd " not in rank  # ...so no cd into code_dir

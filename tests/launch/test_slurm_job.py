@@ -7,19 +7,31 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("nemo_run", reason="launcher tests run in .venv-launch: .venv-launch/bin/python -m pytest tests/launch")
+pytest.importorskip(
+    "nemo_run", reason="launcher tests run in .venv-launch: .venv-launch/bin/python -m pytest tests/launch"
+)
 
 from srpo_megatron.launch.config import LaunchConfig, load_launch_config  # noqa: E402
 from srpo_megatron.launch.submit import Submission, rank_task, submit, trainer_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 ALLREDUCE = """
 import os, sys
@@ -31,7 +43,8 @@ rank, world = dist.get_rank(), dist.get_world_size()
 value = torch.tensor([float(rank + 1)])
 dist.all_reduce(value)
 with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as f:
-    f.write(f"{rank} {world} {value.item()} {os.environ['SLURMD_NODENAME']} {os.getcwd()} {sys.executable}\\n")
+    node = os.environ["SLURMD_NODENAME"]
+    f.write(f"{rank} {world} {value.item()} {node} {os.getcwd()} {sys.executable}\\n")
 dist.destroy_process_group()
 """
 
@@ -57,10 +70,24 @@ ckpt.write_text("saved@" + os.environ.get("SLURM_RESTART_COUNT", "0"))
 """
 
 
+@pytest.fixture(autouse=True)
+def _stdin_devnull(monkeypatch):
+    """nemo-run runs sbatch through invoke, which forwards stdin; pytest's stdin refuses reads."""
+    with open("/dev/null") as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        yield
+
+
 def _tiny_config(tmp_path: Path, port: int, venv: Path, *sets: str) -> LaunchConfig:
     return load_launch_config(
         REPO / "examples/tiny_cpu/launch_slurm.yaml",
-        sets=[f"slurm.tunnel.job_dir={tmp_path / 'jobs'}", f"rdzv_port={port}", f"python_env={venv}", f"code_dir={REPO}", *sets],
+        sets=[
+            f"slurm.tunnel.job_dir={tmp_path / 'jobs'}",
+            f"rdzv_port={port}",
+            f"python_env={venv}",
+            f"code_dir={REPO}",
+            *sets,
+        ],
     )
 
 
@@ -71,18 +98,24 @@ def _script(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def _job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
 def _logs(result: Submission) -> str:
-    return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(Path(result.experiment_dir).rglob("*.out")))
+    return "\n".join(
+        f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(Path(result.experiment_dir).rglob("*.out"))
+    )
 
 
 def _wait(result: Submission, until, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not until():
-        assert time.monotonic() < deadline, f"job {result.job_id} timed out: {_job(result.job_id)}\n{_logs(result)}"
+        assert time.monotonic() < deadline, (
+            f"job {result.job_id} timed out: {_job(result.job_id)}\n{_logs(result)}"
+        )
         time.sleep(0.5)
 
 
@@ -118,7 +151,10 @@ def test_sigterm_saves_requeues_and_resumes(slurm_cluster, tmp_path, free_port, 
     assert [(tmp_path / f"resumed{r}").read_text() for r in (0, 1)] == ["saved@0 resumed@1"] * 2
 
 
-@pytest.mark.skipif(not (REPO / "srpo_megatron/train.py").exists(), reason="the trainer (srpo_megatron/train.py) is not written yet")
+@pytest.mark.skipif(
+    not (REPO / "srpo_megatron/train.py").exists(),
+    reason="the trainer (srpo_megatron/train.py) is not written yet",
+)
 def test_tiny_training_job_writes_checkpoint(slurm_cluster, tmp_path, free_port, train_venv):
     """(c) the real trainer on 2 nodes x 1 rank, submitted exactly as the CLI does."""
     cfg = _tiny_config(tmp_path, free_port, train_venv)

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from srpo_megatron.rewards.math import GradingPool  # noqa: E402
-from srpo_megatron.rewards.sandbox import Sandbox, SandboxConfig  # noqa: E402
+from srpo_megatron.rewards.math import GradingPool
+from srpo_megatron.rewards.sandbox import Sandbox, SandboxConfig
 
 
 @pytest.fixture(scope="session")

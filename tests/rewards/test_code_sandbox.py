@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -40,7 +41,9 @@ def fenced(program: str) -> str:
 
 
 def test_extract_program_takes_last_python_block() -> None:
-    response = "```python\nprint(1)\n```\ntext\n```text\nnot code\n```\n```Python\nprint(2)\n```\n```py\nunclosed"
+    response = (
+        "```python\nprint(1)\n```\ntext\n```text\nnot code\n```\n```Python\nprint(2)\n```\n```py\nunclosed"
+    )
     assert extract_program(response) == "print(2)"
     assert extract_program("```\nprint(3)\n```") is None
     assert extract_program("```\nprint(3)\n```", ProgramExtraction(any_language_fallback=True)) == "print(3)"
@@ -71,10 +74,20 @@ def test_test_suite_forms() -> None:
         ("class Solution:\n    def add(self, a, b):\n        return a + b", ADD_CALL),
         ("def add(a, b):\n    return a + b", {"fn_name": "add", "inputs": ["1\n2"], "outputs": ["3"]}),  # LCB
         ("def add(a, b):\n    return [a + b]", {"fn_name": "add", "inputs": [[1, 2]], "outputs": [[3]]}),
-        ("def add(a, b):\n    return a + b", {"fn_name": "add", "inputs": [[1, 2]], "outputs": [[3]]}),  # TACO
-        ("def add(a, b):\n    return (a + b) / 3", {"fn_name": "add", "inputs": [[1, 0]], "outputs": [0.3333333]}),
-        ("import sys\nsys.setrecursionlimit(10**6)\ndef d(n): return 0 if n == 0 else 1 + d(n - 1)\nprint(d(50000))",
-         {"inputs": [""], "outputs": ["50000"]}),
+        (
+            "def add(a, b):\n    return a + b",
+            {"fn_name": "add", "inputs": [[1, 2]], "outputs": [[3]]},
+        ),  # TACO
+        (
+            "def add(a, b):\n    return (a + b) / 3",
+            {"fn_name": "add", "inputs": [[1, 0]], "outputs": [0.3333333]},
+        ),
+        (
+            # Recursion through C (map) segfaults on the default 8 MiB stack: needs stack_mb.
+            "import sys\nsys.setrecursionlimit(10**6)\n"
+            "def d(n): return 0 if n == 0 else 1 + sum(map(d, [n - 1]))\nprint(d(30000))",
+            {"inputs": [""], "outputs": ["30000"]},
+        ),
     ],
 )
 def test_honest_programs_pass(sandbox: Sandbox, program: str, tests: dict) -> None:
@@ -88,7 +101,8 @@ def test_honest_programs_pass(sandbox: Sandbox, program: str, tests: dict) -> No
     [
         ("print(0)", "test 1/2: wrong answer"),
         ("print(3)\nprint(4)", "test 1/2: wrong answer"),
-        ("def f(:\n    pass", "syntax error: SyntaxError: invalid syntax"),
+        ("def f(:\n    pass", "compile error: SyntaxError: invalid syntax"),
+        ("print(1)\x00", "compile error: SyntaxError: source code string cannot contain null bytes"),
         ("print(1 // 0)", "test 1/2: runtime error: ZeroDivisionError: integer division or modulo by zero"),
         ("import sys\nsys.exit(3)", "test 1/2: runtime error: exit code 3"),
     ],
@@ -98,7 +112,9 @@ def test_failing_programs_score_zero_with_reason(sandbox: Sandbox, program: str,
 
 
 def test_missing_code_block(sandbox: Sandbox) -> None:
-    assert code_reward("I would use a loop.", ADD_STDIN, sandbox=sandbox) == RewardResult(0.0, "no code block found")
+    assert code_reward("I would use a loop.", ADD_STDIN, sandbox=sandbox) == RewardResult(
+        0.0, "no code block found"
+    )
 
 
 def test_fn_name_failures(sandbox: Sandbox) -> None:
@@ -112,10 +128,14 @@ def test_fn_name_failures(sandbox: Sandbox) -> None:
 def test_partial_credit_and_early_stop(sandbox: Sandbox) -> None:
     tests = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "0", "3", "0"]}
     echo = fenced("print(input())")
-    assert code_reward(echo, tests, sandbox=sandbox, partial_credit=True) == RewardResult(0.5, "test 2/4: wrong answer")
+    assert code_reward(echo, tests, sandbox=sandbox, partial_credit=True) == RewardResult(
+        0.5, "test 2/4: wrong answer"
+    )
     # Without partial credit the sandbox stops at the first failure instead of running the rest.
     seen = []
-    report = sandbox.run("print(input())", ["1", "2", "3"], stop=lambda i, o: seen.append(i) or o.stdout != b"1\n")
+    report = sandbox.run(
+        "print(input())", ["1", "2", "3"], stop=lambda i, o: seen.append(i) or o.stdout != b"1\n"
+    )
     assert report.status == "stopped" and seen == [0, 1] and len(report.runs) == 2
 
 
@@ -126,7 +146,7 @@ def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     start = time.monotonic()
     result = code_reward(fenced("while True:\n    pass"), ADD_STDIN, sandbox=sandbox)
     assert result == RewardResult(0.0, "test 1/2: timeout")
-    assert time.monotonic() - start < 4.0
+    assert time.monotonic() - start < 6.0  # 1 s limit; generous for a loaded machine
 
 
 def test_sleeping_program_times_out_on_wall_clock(sandbox: Sandbox) -> None:
@@ -139,14 +159,16 @@ def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     result = code_reward(fenced(bomb), ADD_STDIN, sandbox=sandbox)
     assert result.score == 0.0 and result.reason.startswith("test 1/2:")
-    assert time.monotonic() - start < 5.0
+    assert time.monotonic() - start < 10.0  # one 1 s run, plus killing and reaping a few hundred processes
     # Every bomb process is gone: the next program can fork and passes.
-    honest = "import os\nif os.fork() == 0:\n    os._exit(0)\nos.wait()\nprint(sum(map(int, input().split())))"
+    honest = (
+        "import os\nif os.fork() == 0:\n    os._exit(0)\nos.wait()\nprint(sum(map(int, input().split())))"
+    )
     assert code_reward(fenced(honest), ADD_STDIN, sandbox=sandbox).score == 1.0
 
 
 def test_memory_bomb_fails(sandbox: Sandbox) -> None:
-    bomb = "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 24))"
+    bomb = "blocks = []\nwhile True:\n    blocks.append(bytes(1 << 24))"
     assert code_reward(fenced(bomb), ADD_STDIN, sandbox=sandbox) == RewardResult(
         0.0, "test 1/2: runtime error: MemoryError"
     )
@@ -158,13 +180,15 @@ def test_output_flood_is_cut(sandbox: Sandbox) -> None:
     assert code_reward(fenced(flood), ADD_STDIN, sandbox=sandbox) == RewardResult(
         0.0, "test 1/2: output limit exceeded"
     )
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 6.0
 
 
 def test_writes_outside_scratch_do_not_land(sandbox: Sandbox) -> None:
     name = f"pwned-{uuid.uuid4().hex}"
     targets = [f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}", str(REPO_ROOT / name)]
-    program = "for path in {!r}:\n    try:\n        open(path, 'w').write('x')\n    except OSError:\n        pass"
+    program = (
+        "for path in {!r}:\n    try:\n        open(path, 'w').write('x')\n    except OSError:\n        pass"
+    )
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "srpo-sandbox-*")))
     result = code_reward(fenced(program.format(targets)), ADD_STDIN, sandbox=sandbox)
     assert result == RewardResult(0.0, "test 1/2: wrong answer")
@@ -188,7 +212,9 @@ def test_environment_secret_does_not_leak(sandbox: Sandbox, monkeypatch: pytest.
 
 
 def test_killing_the_parent_fails_only_the_program(sandbox: Sandbox) -> None:
-    program = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(int(input()), signal.SIGKILL)"
+    program = (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(int(input()), signal.SIGKILL)"
+    )
     result = code_reward(fenced(program), {"inputs": [str(os.getpid())], "outputs": ["3"]}, sandbox=sandbox)
     assert result.score == 0.0 and result.reason.startswith("test 1/1: runtime error")
     # The runner survived its child's kill attempt: both runs were reported.
@@ -209,10 +235,8 @@ def listener():
 
     def serve() -> None:
         while not done.is_set():
-            try:
+            with contextlib.suppress(OSError):  # the accept timeout: look at `done` again
                 accepted.append(server.accept())
-            except OSError:
-                pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -237,7 +261,8 @@ def test_raw_syscall_sockets_cannot_reach_the_host(sandbox: Sandbox, listener) -
     port, accepted = listener
     program = (
         "import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.socket(2, 1, 0)\n"
-        "address = struct.pack('<H', 2) + struct.pack('!H', int(input())) + bytes([127, 0, 0, 1]) + bytes(8)\n"
+        "port = struct.pack('!H', int(input()))\n"
+        "address = struct.pack('<H', 2) + port + bytes([127, 0, 0, 1]) + bytes(8)\n"
         "print('connected' if libc.connect(fd, address, 16) == 0 else 'refused')"
     )
     result = code_reward(fenced(program), {"inputs": [str(port)], "outputs": ["connected"]}, sandbox=sandbox)
@@ -256,8 +281,18 @@ def test_isolation_layers_on_this_host(sandbox: Sandbox) -> None:
         assert report.runs[0].stdout.split()[0] == b"65534"
     if HAS_NAMESPACES:
         assert {"net_namespace", "pid_namespace", "mount_namespace"} <= sandbox.layers
-        report = sandbox.run("import os\nprint(os.getppid(), sorted(os.listdir('/proc'))[:0], os.getcwd())", [""])
+        report = sandbox.run(
+            "import os\nprint(os.getppid(), sorted(os.listdir('/proc'))[:0], os.getcwd())", [""]
+        )
         assert report.runs[0].stdout.split()[0] == b"1"  # the runner is PID 1 of its own namespace
+
+
+def test_hidden_paths_are_empty_inside(sandbox: Sandbox) -> None:
+    hiding = Sandbox(SandboxConfig(timeout_s=1.0, hidden_paths=(str(REPO_ROOT),)))
+    program = f"import os\nprint(len(os.listdir({str(REPO_ROOT)!r})))"
+    assert sandbox.run(program, [""]).runs[0].stdout != b"0\n"  # visible by default (world-readable)
+    if HAS_NAMESPACES:
+        assert hiding.run(program, [""]).runs[0].stdout == b"0\n"
 
 
 def test_sandbox_config_validation() -> None:

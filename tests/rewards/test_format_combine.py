@@ -44,7 +44,9 @@ def test_format_options() -> None:
     assert format_reward("<reasoning>r</reasoning>a", tags).score == 1.0
     pattern = FormatConfig(pattern=r"<think>.+</think>\s*<answer>.+</answer>")
     assert format_reward("<think>r</think><answer>3</answer>", pattern).score == 1.0
-    assert format_reward("<think>r</think>3", pattern) == RewardResult(0.0, "does not match the format pattern")
+    assert format_reward("<think>r</think>3", pattern) == RewardResult(
+        0.0, "does not match the format pattern"
+    )
     with pytest.raises(ValueError, match="non-empty"):
         FormatConfig(think_open="")
 
@@ -56,9 +58,13 @@ def test_language_mixing_ratio() -> None:
     assert language_mixing_ratio("We add the two numbers and get three.") == 0.0
     assert language_mixing_ratio("我们把两个数相加，得到三。") == 0.0
     assert language_mixing_ratio("") == 0.0
-    assert language_mixing_ratio("我们 need to 相加 these 数字") == pytest.approx(3 / 9)  # 6 CJK chars, 3 words
+    assert language_mixing_ratio("我们 need to 相加 these 数字") == pytest.approx(
+        3 / 9
+    )  # 6 CJK chars, 3 words
     # Math and code are not prose: a Chinese solution with LaTeX and Python is not mixed.
-    chinese_with_math = "设 $f(x) = \\frac{x}{\\sqrt{x+1}}$，则 \\(f(3) = \\frac{3}{2}\\)。代码：```python\nprint(sum)\n```"
+    chinese_with_math = (
+        "设 $f(x) = \\frac{x}{\\sqrt{x+1}}$，则 \\(f(3) = \\frac{3}{2}\\)。代码：```python\nprint(sum)\n```"
+    )
     assert language_mixing_ratio(chinese_with_math) == 0.0
 
 
@@ -99,9 +105,9 @@ def scorer():
     config = RewardConfig(
         format_weight=0.5,
         language_penalty_weight=0.25,
-        math_timeout_s=1.5,
+        math_timeout_s=2.0,
         math_workers=1,
-        sandbox=SandboxConfig(timeout_s=1.0, memory_mb=512),
+        sandbox=SandboxConfig(timeout_s=2.0, memory_mb=512),
     )
     with RewardScorer(config) as scorer:
         scorer.math_pool.grade(["\\boxed{1}"], ["1"])  # start the grading worker outside the timed tests
@@ -132,16 +138,18 @@ def test_scorer_dispatches_per_domain_in_input_order(scorer: RewardScorer) -> No
 
 def test_domains_are_scored_concurrently(scorer: RewardScorer) -> None:
     rows = [{"domain": "math", "answer": "1"}, {"domain": "code", "tests": ADD}]
-    responses = ["\\boxed{5^{5^{5^5}}}", "```python\nimport time\ntime.sleep(1.2)\nprint(3)\n```"]
+    responses = ["\\boxed{5^{5^{5^5}}}", "```python\nimport time\ntime.sleep(1.5)\nprint(3)\n```"]
     start = time.monotonic()
     scored = scorer.score(rows, responses)
     elapsed = time.monotonic() - start
     assert [s.reason for s in scored] == ["timeout", "passed 1/1 tests"]
-    assert elapsed < 2.6  # 1.5 s math timeout + 1.2 s program would be 2.7 s one after the other
+    assert elapsed < 3.2  # 2 s math timeout + 1.5 s program would be 3.5 s one after the other
 
 
 def test_unknown_domain_and_missing_fields(scorer: RewardScorer) -> None:
-    with pytest.raises(ValueError, match=r"row 'x1' has unknown domain 'chess'; valid domains: \['code', 'math'\]"):
+    with pytest.raises(
+        ValueError, match=r"row 'x1' has unknown domain 'chess'; valid domains: \['code', 'math'\]"
+    ):
         scorer.score([{"id": "x1", "domain": "chess"}], ["e4"])
     with pytest.raises(ValueError, match="math rows need the 'answer' field; missing in rows \\['m9'\\]"):
         scorer.score([{"id": "m9", "domain": "math"}], ["\\boxed{1}"])

@@ -130,6 +130,7 @@ def test_batch_keeps_input_order_around_timeouts(grading_pool: GradingPool) -> N
 
 def test_batch_runs_in_parallel(grading_pool: GradingPool) -> None:
     """Two hanging responses on two workers take one timeout, not two."""
+    grading_pool.wait_ready()  # workers replaced by earlier timeouts may still be importing sympy
     start = time.monotonic()
     results = grading_pool.grade([HANGS, HANGS], ["1", "2"], timeout_s=1.5)
     elapsed = time.monotonic() - start
@@ -138,9 +139,9 @@ def test_batch_runs_in_parallel(grading_pool: GradingPool) -> None:
 
 
 def test_dead_worker_is_replaced(grading_pool: GradingPool) -> None:
-    for worker in grading_pool._workers:  # simulate an OOM kill of idle workers
+    for worker in grading_pool._workers:  # simulate an OOM kill of idle (or starting) workers
         worker.process.kill()
-        worker.process.join()
+        worker.process.wait()
     assert grading_pool.grade(["\\boxed{7}"] * 3, ["7"] * 3) == [RewardResult(1.0, "correct")] * 3
 
 
@@ -186,8 +187,36 @@ def test_nasty_strings_never_raise(grading_pool: GradingPool) -> None:
 
 def test_random_latex_fuzz_never_raises(grading_pool: GradingPool) -> None:
     rng = random.Random(0)
-    tokens = ["\\boxed{", "{", "}", "\\frac", "\\sqrt", "^", "_", "1", "x", "=", "\\{", "\\}", "(", ")",
-              "[", "]", ",", "\\%", "\\text{", "Answer:", "\n", "$", "\\", "-", "/", ".", "\\pi", "\\infty"]
+    tokens = [
+        "\\boxed{",
+        "{",
+        "}",
+        "\\frac",
+        "\\sqrt",
+        "^",
+        "_",
+        "1",
+        "x",
+        "=",
+        "\\{",
+        "\\}",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "\\%",
+        "\\text{",
+        "Answer:",
+        "\n",
+        "$",
+        "\\",
+        "-",
+        "/",
+        ".",
+        "\\pi",
+        "\\infty",
+    ]
     responses = ["".join(rng.choice(tokens) for _ in range(rng.randint(1, 40))) for _ in range(150)]
     results = grading_pool.grade(responses, ["1"] * len(responses), timeout_s=2.0)
     assert all(isinstance(r, RewardResult) and r.reason for r in results)

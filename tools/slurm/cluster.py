@@ -1,9 +1,10 @@
 """Start and stop a real 2-node Slurm cluster on this one machine, for the launcher tests.
 
-Two slurmd daemons (`slurmd -N n1`, `slurmd -N n2`) listen on 127.0.0.1:17001-17002 (the next free
-ports when those are taken) and a slurmctld schedules onto them, so `sbatch -N2` / `srun -N2` behave as on a real multi-node cluster. Everything
-(munge key and socket, slurm.conf, state, spool, logs, pids) lives in one directory, so the cluster
-does not touch /etc and several can coexist. Needs root and tools/slurm/install.sh.
+Two slurmd daemons (`slurmd -N n1`, `slurmd -N n2`) listen on 127.0.0.1:17001-17002 (the next
+free ports when those are taken) and a slurmctld schedules onto them, so `sbatch -N2` / `srun -N2`
+behave as on a real multi-node cluster. Everything (munge key and socket, slurm.conf, state, spool,
+logs, pids) lives in one directory, so the cluster does not touch /etc and several can coexist.
+Needs root and tools/slurm/install.sh.
 
     python tools/slurm/cluster.py start DIR     # prints the SLURM_CONF to export
     python tools/slurm/cluster.py stop DIR
@@ -90,6 +91,7 @@ def _slurm_conf(root: Path, cpus: int, ctld_port: int, slurmd_port: int) -> str:
     scheduler interval are short so that a requeue test takes seconds, not minutes."""
     host = socket.gethostname().split(".")[0]
     nodes = f"n[1-{len(NODES)}]"
+    ports = f"{slurmd_port}-{slurmd_port + len(NODES) - 1}"
     return f"""\
 ClusterName=srpolocal
 SlurmctldHost={host}(127.0.0.1)
@@ -121,7 +123,7 @@ MinJobAge=600
 KillWait=10
 InactiveLimit=0
 SlurmdTimeout=60
-NodeName={nodes} NodeAddr=127.0.0.1 NodeHostname={host} Port={slurmd_port}-{slurmd_port + len(NODES) - 1} CPUs={cpus} State=UNKNOWN
+NodeName={nodes} NodeAddr=127.0.0.1 NodeHostname={host} Port={ports} CPUs={cpus} State=UNKNOWN
 PartitionName={PARTITION} Nodes={nodes} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
 
@@ -193,9 +195,16 @@ def start(root: str | Path, timeout: float = 60.0) -> Cluster:
     munge, conf, logs = cluster.root / "munge", str(cluster.conf), cluster.root / "log"
     daemons = {
         "munged": _spawn(
-            [f"{_SBIN}/munged", "--foreground", "--force", f"--key-file={munge}/munge.key",
-             f"--socket={munge}/munge.socket", f"--pid-file={munge}/munged.pid",
-             f"--seed-file={munge}/munged.seed", f"--log-file={logs}/munged.log"],
+            [
+                f"{_SBIN}/munged",
+                "--foreground",
+                "--force",
+                f"--key-file={munge}/munge.key",
+                f"--socket={munge}/munge.socket",
+                f"--pid-file={munge}/munged.pid",
+                f"--seed-file={munge}/munged.seed",
+                f"--log-file={logs}/munged.log",
+            ],
             logs / "munged.out",
         )
     }
@@ -203,7 +212,9 @@ def start(root: str | Path, timeout: float = 60.0) -> Cluster:
     _wait_for(lambda: (munge / "munge.socket").exists(), timeout, "munged's socket", cluster.root)
     daemons["slurmctld"] = _spawn([f"{_SBIN}/slurmctld", "-D", "-f", conf], logs / "slurmctld.out")
     for node in NODES:
-        daemons[f"slurmd-{node}"] = _spawn([f"{_SBIN}/slurmd", "-D", "-N", node, "-f", conf], logs / f"slurmd-{node}.out")
+        daemons[f"slurmd-{node}"] = _spawn(
+            [f"{_SBIN}/slurmd", "-D", "-N", node, "-f", conf], logs / f"slurmd-{node}.out"
+        )
     _pids_file(cluster.root).write_text(json.dumps(daemons))
     try:
         _wait_for(lambda: _nodes_idle(cluster), timeout, f"nodes {', '.join(NODES)} to be idle", cluster.root)
@@ -257,7 +268,9 @@ def _reap(pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=("start", "stop"))
     parser.add_argument("dir", help="directory holding the cluster's config, state and logs")
     args = parser.parse_args(argv)

@@ -22,6 +22,6 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # slurm-wlm pulls slurmctld, slurmd and the client tools; munge authenticates them to each other;
-# hostname (the `hostname --ip-address` that nemo-run's sbatch script runs) comes from the base system.
-apt-get install -y -qq --no-install-recommends slurm-wlm munge hostname procps >/dev/null
+# hostname provides the `hostname --ip-address` that nemo-run's sbatch script runs.
+apt-get install -y -qq --no-install-recommends slurm-wlm munge hostname >/dev/null
 dpkg-query -W slurm-wlm slurmctld slurmd munge

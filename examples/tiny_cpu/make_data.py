@@ -1,0 +1,288 @@
+"""Synthetic math and code problems for the tiny CPU demo, written offline and deterministically.
+
+    python examples/tiny_cpu/make_data.py --out .cache/tiny-data [--seed 0]
+
+Writes `train_math.jsonl`, `train_code.jsonl`, `eval_math.jsonl`, `eval_code.jsonl` in the project's
+row schema (`id`, `domain`, `prompt`, `answer` | `tests`, `source`), plus `sft.jsonl`: solved problems
+(`prompt`, `response` in the format the rewards grade) for `tools/sft_warmup.py`. No problem appears in
+two files, so the warm-up never sees an RL or eval prompt and its accuracy there is generalisation.
+
+Math is integer arithmetic with a difficulty range: single-digit sums (easy) up to two-step
+expressions and two-digit products (hard for a tiny model). Code is one-line functions from a family
+of templates, graded by function-call tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+SOURCE = "synthetic"
+SPLIT_FILES = {
+    ("train", "math"): "train_math.jsonl",
+    ("train", "code"): "train_code.jsonl",
+    ("eval", "math"): "eval_math.jsonl",
+    ("eval", "code"): "eval_code.jsonl",
+}
+SFT_FILE = "sft.jsonl"
+_MAX_DRAWS_PER_ROW = 200  # rejection sampling of unseen problems; a small key space fails loudly
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One solved problem: the row the trainer reads and the reference response the warm-up imitates."""
+
+    key: str
+    """What makes two problems the same (the expression, or the function signature and spec)."""
+    row: dict
+    """`domain`, `prompt` and `answer` or `tests` (ids are assigned per split)."""
+    response: str
+    """A correct response in the graded format: `<think>...</think>` then `\\boxed{}` or a code block."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Math: each kind returns (expression, reasoning steps, answer).
+# ---------------------------------------------------------------------------------------------------
+
+def _binary(a: int, op: str, b: int) -> tuple[str, int]:
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"{a} {op} {b} = {value}", value
+
+
+def _one_step(a_range: tuple[int, int], op: str, b_range: tuple[int, int]) -> Callable:
+    def draw(rng: random.Random) -> tuple[str, list[str], int]:
+        a, b = rng.randint(*a_range), rng.randint(*b_range)
+        step, value = _binary(a, op, b)
+        return f"{a} {op} {b}", [step], value
+
+    return draw
+
+
+def _two_step(rng: random.Random) -> tuple[str, list[str], int]:
+    """`(a op1 b) op2 c`, parenthesised when precedence would otherwise change the order."""
+    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+    op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+    first, partial = _binary(a, op1, b)
+    second, value = _binary(partial, op2, c)
+    left = f"({a} {op1} {b})" if op2 == "*" and op1 != "*" else f"{a} {op1} {b}"
+    return f"{left} {op2} {c}", [first, second], value
+
+
+MATH_KINDS: dict[str, tuple[float, Callable]] = {
+    "add_small": (0.15, _one_step((0, 9), "+", (0, 9))),
+    "add": (0.20, _one_step((10, 99), "+", (0, 99))),
+    "sub": (0.20, _one_step((0, 99), "-", (0, 60))),
+    "mul_small": (0.15, _one_step((2, 9), "*", (2, 9))),
+    "mul": (0.10, _one_step((10, 30), "*", (2, 9))),
+    "two_step": (0.20, _two_step),
+}
+MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.")
+
+
+def draw_math(rng: random.Random) -> Problem:
+    """One random arithmetic problem; the kind is drawn by its weight in `MATH_KINDS`."""
+    weights = [weight for weight, _ in MATH_KINDS.values()]
+    draw = rng.choices([fn for _, fn in MATH_KINDS.values()], weights=weights)[0]
+    expression, steps, value = draw(rng)
+    prompt = rng.choice(MATH_PHRASINGS).format(e=expression)
+    response = f"<think>{', '.join(steps)}</think> \\boxed{{{value}}}"
+    return Problem(expression, {"domain": "math", "prompt": prompt, "answer": str(value)}, response)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Code: one-line functions. `expr` is the program text, `reference` an independent implementation
+# that computes the expected outputs.
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CodeTemplate:
+    stem: str
+    names: tuple[str, ...]
+    """Function names the prompt may ask for (the tests call this name)."""
+    kind: str
+    """Argument family: `int1`, `int2`, `int2_pos` (second argument >= 1), `list`, `str`."""
+    phrase: str
+    """What the function returns, with `{x}` / `{a}` `{b}` for argument names and `{k}` for a constant."""
+    expr: str
+    reference: Callable
+    uses_k: bool = False
+
+
+ARG_NAMES = {
+    "int1": (("x",), ("n",), ("a",), ("v",), ("num",)),
+    "int2": (("a", "b"), ("x", "y"), ("m", "n"), ("p", "q"), ("u", "v")),
+    "list": (("xs",), ("nums",), ("values",), ("items",), ("arr",)),
+    "str": (("s",), ("text",), ("word",), ("w",), ("name",)),
+}
+ARG_NAMES["int2_pos"] = ARG_NAMES["int2"]
+GENERIC_NAMES = ("f", "g", "solve", "compute", "func", "calc")
+"""Names any template may get: the model has to copy the name from the prompt, not guess it."""
+
+CODE_TEMPLATES = (
+    CodeTemplate("double", ("double", "twice", "times_two"), "int1", "twice {x}", "2 * {x}", lambda x: 2 * x),
+    CodeTemplate("square", ("square", "sq", "squared"), "int1", "the square of {x}", "{x} * {x}", lambda x: x * x),
+    CodeTemplate("cube", ("cube", "cubed"), "int1", "the cube of {x}", "{x} ** 3", lambda x: x**3),
+    CodeTemplate("negate", ("negate", "neg", "opposite"), "int1", "the negation of {x}", "-{x}", lambda x: -x),
+    CodeTemplate("abs", ("absolute", "abs_value", "magnitude"), "int1", "the absolute value of {x}",
+                 "abs({x})", abs),
+    CodeTemplate("is_even", ("is_even", "even"), "int1", "True if {x} is even, else False", "{x} % 2 == 0",
+                 lambda x: x % 2 == 0),
+    CodeTemplate("is_odd", ("is_odd", "odd"), "int1", "True if {x} is odd, else False", "{x} % 2 == 1",
+                 lambda x: x % 2 == 1),
+    CodeTemplate("is_positive", ("is_positive", "positive"), "int1", "True if {x} is greater than 0",
+                 "{x} > 0", lambda x: x > 0),
+    CodeTemplate("add_k", ("add_k", "plus_k", "shift"), "int1", "{x} plus {k}", "{x} + {k}",
+                 lambda x, k: x + k, uses_k=True),
+    CodeTemplate("mul_k", ("scale", "mul_k", "times_k"), "int1", "{x} times {k}", "{x} * {k}",
+                 lambda x, k: x * k, uses_k=True),
+    CodeTemplate("mod_k", ("mod_k", "remainder"), "int1", "{x} modulo {k}", "{x} % {k}",
+                 lambda x, k: x % k, uses_k=True),
+    CodeTemplate("add", ("add", "add_numbers", "plus", "total"), "int2", "the sum of {a} and {b}",
+                 "{a} + {b}", lambda a, b: a + b),
+    CodeTemplate("sub", ("sub", "subtract", "minus", "difference"), "int2", "{a} minus {b}", "{a} - {b}",
+                 lambda a, b: a - b),
+    CodeTemplate("mul", ("mul", "multiply", "product", "times"), "int2", "the product of {a} and {b}",
+                 "{a} * {b}", lambda a, b: a * b),
+    CodeTemplate("max", ("larger", "maximum", "bigger"), "int2", "the larger of {a} and {b}", "max({a}, {b})",
+                 max),
+    CodeTemplate("min", ("smaller", "minimum", "lesser"), "int2", "the smaller of {a} and {b}",
+                 "min({a}, {b})", min),
+    CodeTemplate("absdiff", ("distance", "abs_diff", "gap"), "int2", "the absolute difference of {a} and {b}",
+                 "abs({a} - {b})", lambda a, b: abs(a - b)),
+    CodeTemplate("equal", ("same", "is_equal", "equal"), "int2", "True if {a} equals {b}, else False",
+                 "{a} == {b}", lambda a, b: a == b),
+    CodeTemplate("floordiv", ("divide", "int_div", "quotient"), "int2_pos",
+                 "{a} divided by {b}, rounded down", "{a} // {b}", lambda a, b: a // b),
+    CodeTemplate("sum_list", ("sum_list", "list_total", "add_all"), "list", "the sum of the list {x}",
+                 "sum({x})", sum),
+    CodeTemplate("max_list", ("max_list", "largest", "list_max"), "list", "the largest element of {x}",
+                 "max({x})", max),
+    CodeTemplate("len_list", ("count", "size", "length"), "list", "the number of elements in {x}",
+                 "len({x})", len),
+    CodeTemplate("first", ("first", "head"), "list", "the first element of {x}", "{x}[0]", lambda xs: xs[0]),
+    CodeTemplate("last", ("last", "tail_item"), "list", "the last element of {x}", "{x}[-1]",
+                 lambda xs: xs[-1]),
+    CodeTemplate("upper", ("upper", "shout", "to_upper"), "str", "{x} in upper case", "{x}.upper()",
+                 str.upper),
+    CodeTemplate("str_len", ("str_len", "text_length", "n_chars"), "str", "the number of characters in {x}",
+                 "len({x})", len),
+)
+
+
+def _draw_input(rng: random.Random, kind: str) -> list:
+    """Positional arguments for one test case."""
+    if kind == "int1":
+        return [rng.randint(-20, 20)]
+    if kind == "int2":
+        return [rng.randint(-20, 20), rng.randint(-20, 20)]
+    if kind == "int2_pos":
+        return [rng.randint(-20, 20), rng.randint(1, 9)]
+    if kind == "list":
+        return [[rng.randint(-9, 9) for _ in range(rng.randint(1, 5))]]
+    # Letters only: the code reward JSON-decodes string outputs, so "true"/"null" could not round-trip.
+    return ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 6)))]
+
+
+def draw_code(rng: random.Random) -> Problem:
+    """One random function-writing problem with 3-5 function-call tests."""
+    template = rng.choice(CODE_TEMPLATES)
+    name = rng.choice(template.names + GENERIC_NAMES)
+    args = rng.choice(ARG_NAMES[template.kind])
+    fields = dict(zip(("a", "b"), args)) if len(args) == 2 else {"x": args[0]}
+    k = rng.randint(2, 9) if template.uses_k else None
+    phrase = template.phrase.format(k=k, **fields)
+    expr = template.expr.format(k=k, **fields)
+    inputs = [_draw_input(rng, template.kind) for _ in range(rng.randint(3, 5))]
+    extra = {"k": k} if template.uses_k else {}
+    outputs = [template.reference(*arg, **extra) for arg in inputs]
+    signature = f"{name}({', '.join(args)})"
+    prompt = f"Write a Python function `{signature}` that returns {phrase}."
+    program = f"def {signature}:\n    return {expr}\n"
+    response = f"<think>Return {expr}.</think>\n```python\n{program}```"
+    tests = {"fn_name": name, "inputs": inputs, "outputs": outputs}
+    return Problem(f"{signature}: {phrase}", {"domain": "code", "prompt": prompt, "tests": tests}, response)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits and files
+# ---------------------------------------------------------------------------------------------------
+
+def _draw_unique(rng: random.Random, draw: Callable, n: int, seen: set[str]) -> list[Problem]:
+    """`n` problems whose keys are not in `seen` (which is updated): splits never share a problem."""
+    problems: list[Problem] = []
+    for _ in range(n * _MAX_DRAWS_PER_ROW):
+        if len(problems) == n:
+            return problems
+        problem = draw(rng)
+        if problem.key not in seen:
+            seen.add(problem.key)
+            problems.append(problem)
+    raise ValueError(f"only {len(problems)} distinct problems of {n} requested from {draw.__name__}; "
+                     "lower the split sizes")
+
+
+def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft: int = 1000) -> dict:
+    """`{(split, domain): [Problem]}` for split in train/eval/sft. Eval is drawn first, so its rows do
+    not change when the train or SFT sizes do."""
+    splits: dict = {}
+    for offset, (domain, draw) in enumerate((("math", draw_math), ("code", draw_code))):
+        rng, seen = random.Random(seed * 1000 + offset), set()
+        for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft)):
+            splits[split, domain] = _draw_unique(rng, draw, n, seen)
+    return splits
+
+
+def _rows(problems: list[Problem], split: str, domain: str) -> list[dict]:
+    return [{"id": f"{domain}-{split}-{i:05d}", **p.row, "source": SOURCE} for i, p in enumerate(problems)]
+
+
+def _sft_rows(splits: dict) -> list[dict]:
+    """Math and code SFT rows interleaved deterministically (the warm-up shuffles them again)."""
+    rows = []
+    for domain in ("math", "code"):
+        for i, p in enumerate(splits["sft", domain]):
+            rows.append({"id": f"{domain}-sft-{i:05d}", "domain": domain, "prompt": p.row["prompt"],
+                         "response": p.response, "source": SOURCE})
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def make_data(out: str | Path, seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft: int = 1000) -> dict:
+    """Write the four RL/eval files and `sft.jsonl` into `out`; returns `{file name: row count}`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = build_splits(seed, n_train, n_eval, n_sft)
+    counts = {}
+    for (split, domain), name in SPLIT_FILES.items():
+        rows = _rows(splits[split, domain], split, domain)
+        _write_jsonl(out / name, rows)
+        counts[name] = len(rows)
+    sft = _sft_rows(splits)
+    _write_jsonl(out / SFT_FILE, sft)
+    counts[SFT_FILE] = len(sft)
+    return counts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", dest="n_train", type=int, default=300, help="train rows per domain")
+    p.add_argument("--n-eval", dest="n_eval", type=int, default=50, help="eval rows per domain")
+    p.add_argument("--n-sft", dest="n_sft", type=int, default=1000, help="SFT rows per domain")
+    args = p.parse_args()
+    counts = make_data(args.out, args.seed, args.n_train, args.n_eval, args.n_sft)
+    print(json.dumps({"out": str(Path(args.out).resolve()), "rows": counts}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Weight sync: the Megatron policy (TP x PP shards) -> the rollout engine (HF layout), every step.
+
+For each parameter, in model order: the owning pipeline stage gathers its TP shards into the full
+Megatron tensor, broadcasts it to the other stages, and every rank converts it to HF names and
+layout with `convert.layout` (the same rules the checkpoint converter uses). Tensors are packed
+into buckets of bounded size and handed to the engine bucket by bucket, so the extra memory a
+sync needs is one bucket (at least one transformer layer), never a second copy of the model.
+
+Every rank ends with the full weights because on CPU every rank runs its own engine (rollout
+data parallelism = world size); vLLM's own loader slices them for its tensor parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from srpo_megatron.convert import layout
+from srpo_megatron.convert.hf_to_mcore import layer_offset
+from srpo_megatron.models.hf_config import ModelShape
+
+
+@dataclass
+class SyncStats:
+    """What the last sync did, for metrics and the benchmark."""
+
+    bytes_moved: int = 0  # bytes handed to the engine (HF tensors)
+    buckets: int = 0
+    max_bucket_bytes: int = 0
+
+
+def _owner_stage(rule: layout.ParamRule, layer: int | None, shape: ModelShape, pp: int) -> int:
+    if layer is not None:
+        return layer // (shape.num_layers // pp)
+    return 0 if rule.name.startswith("embedding") else pp - 1
+
+
+def _local_params(model, shape: ModelShape) -> dict[tuple[str, int | None], torch.nn.Parameter]:
+    """This stage's parameters keyed by (canonical rule name, global layer)."""
+    offset = layer_offset(model)
+    params = {}
+    for name, param in model.named_parameters():
+        template, layer = layout.canonical_name(name, offset)
+        if name == "output_layer.weight" and shape.tied_embeddings:
+            continue  # the last stage's copy of the tied embedding; stage 0 sends the original
+        params[(template, layer)] = param
+    return params
+
+
+@torch.no_grad()
+def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (hf_name, full tensor) on every rank; a collective over the TP and PP groups."""
+    from megatron.core import parallel_state as ps
+
+    tp_group, tp_size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
+    pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
+    params = _local_params(model, shape)
+    dtype = next(iter(params.values())).dtype
+    device = next(iter(params.values())).device
+    for rule, layer in layout.sync_order(shape):
+        owner = _owner_stage(rule, layer, shape, pp_size)
+        if owner == pp_rank:
+            local = params[(rule.name, layer)].detach()
+            if rule.tp_dim is not None and tp_size > 1:
+                shards = [torch.empty_like(local) for _ in range(tp_size)]
+                dist.all_gather(shards, local.contiguous(), group=tp_group)
+                full = layout.unshard(rule, shards)
+            else:
+                full = local
+        else:
+            full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), dtype=dtype, device=device)
+        if pp_size > 1:
+            pp_group = ps.get_pipeline_model_parallel_group()
+            full = full.contiguous()
+            dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
+        for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
+            yield layout.resolve(hf_name, layer), tensor
+
+
+def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):
+    """Group the stream into lists of whole layers of at most ~bucket_bytes each."""
+    bucket, size, current_layer = [], 0, None
+    for name, tensor in weights:
+        layer = name.split(".")[2] if name.startswith("model.layers.") else name
+        if bucket and size >= bucket_bytes and layer != current_layer:
+            yield bucket, size
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        current_layer = layer
+    if bucket:
+        yield bucket, size
+
+
+def sync_weights(model, engine, shape: ModelShape, vocab_size_padded: int,
+                 bucket_bytes: int = 512 * 1024**2) -> SyncStats:
+    """Push the policy's current weights into `engine` (a RolloutEngine). Collective."""
+    stats = SyncStats()
+    for bucket, size in _buckets(iter_full_hf_weights(model, shape, vocab_size_padded), bucket_bytes):
+        engine.load_weights(bucket)
+        stats.bytes_moved += size
+        stats.buckets += 1
+        stats.max_bucket_bytes = max(stats.max_bucket_bytes, size)
+    return stats
