@@ -58,7 +58,7 @@ def bench_math(workers: int, repeats: int) -> dict:
     responses, answers = math_workload(rollouts=32)
     start = time.monotonic()
     with GradingPool(workers=workers, timeout_s=10.0) as pool:
-        pool.grade(responses[:workers], answers[:workers])
+        pool.wait_ready()
         startup_s = time.monotonic() - start
         rates = []
         for _ in range(repeats):

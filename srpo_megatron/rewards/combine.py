@@ -7,6 +7,7 @@ results come back in input order with each component kept so the trainer can log
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,14 +101,16 @@ class RewardScorer:
         self.config = config
         self.sandbox = Sandbox(config.sandbox)
         self._math_pool: GradingPool | None = None
+        self._math_pool_lock = threading.Lock()
 
     @property
     def math_pool(self) -> GradingPool:
         """Created on first use: a code-only stage never starts grading processes."""
-        if self._math_pool is None:
-            cfg = self.config
-            self._math_pool = GradingPool(cfg.math_workers, cfg.math_timeout_s, cfg.math_memory_mb)
-        return self._math_pool
+        with self._math_pool_lock:
+            if self._math_pool is None:
+                cfg = self.config
+                self._math_pool = GradingPool(cfg.math_workers, cfg.math_timeout_s, cfg.math_memory_mb)
+            return self._math_pool
 
     def score(self, rows: Sequence[Mapping], responses: Sequence[str]) -> list[ScoredResponse]:
         """Score responses[i] for rows[i] (schema: `domain`, and `answer` or `tests`); input order."""

@@ -252,6 +252,8 @@ class GradingPool:
     def wait_ready(self) -> None:
         """Block until every worker has started, e.g. before the first RL step or before timing."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("GradingPool is closed; create a new one")
             while not all(w.ready for w in self._workers):
                 self._collect([])
                 self._expire([])
@@ -353,7 +355,10 @@ def math_reward(
     timeout_s: float | None = None,
     pool: GradingPool | None = None,
 ) -> RewardResult:
-    """1.0 when the final answer of `response` equals `answer` (math-verify), else 0.0; never raises."""
+    """1.0 when the final answer of `response` equals `answer` (math-verify), else 0.0.
+
+    Never raises on any input text and returns within `timeout_s` (default: the pool's) plus dispatch.
+    """
     return (pool or default_pool()).grade([response], [answer], extraction, timeout_s)[0]
 
 

@@ -110,7 +110,7 @@ def scorer():
         sandbox=SandboxConfig(timeout_s=2.0, memory_mb=512),
     )
     with RewardScorer(config) as scorer:
-        scorer.math_pool.grade(["\\boxed{1}"], ["1"])  # start the grading worker outside the timed tests
+        scorer.math_pool.wait_ready()  # start the grading worker outside the timed tests
         yield scorer
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from srpo_megatron.rewards.math import (
 )
 from srpo_megatron.rewards.types import RewardResult
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HANGS = "The tower is \\boxed{5^{5^{5^5}}}."  # big-integer power: math-verify cannot interrupt it
 
 
@@ -136,6 +140,37 @@ def test_batch_runs_in_parallel(grading_pool: GradingPool) -> None:
     elapsed = time.monotonic() - start
     assert [r.reason for r in results] == ["timeout", "timeout"]
     assert elapsed < 2.9
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished dying
+    except FileNotFoundError:
+        return False
+
+
+def test_stuck_worker_dies_by_itself_when_the_parent_is_killed() -> None:
+    """The per-task CPU limit ends a hung grade even when no parent is left to enforce the deadline."""
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from srpo_megatron.rewards.math import GradingPool\n"
+        "pool = GradingPool(workers=1)\npool.wait_ready()\n"
+        "print(pool._workers[0].process.pid, flush=True)\n"
+        f"pool.grade([{HANGS!r}], ['1'], timeout_s=1.0)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    time.sleep(0.3)  # the worker now holds the hanging task
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    time.sleep(0.5)
+    assert _alive(worker_pid)  # stuck in C: it cannot notice that its parent is gone
+    deadline = time.monotonic() + 30.0
+    while _alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker_pid)
 
 
 def test_dead_worker_is_replaced(grading_pool: GradingPool) -> None:

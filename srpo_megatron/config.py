@@ -1,0 +1,196 @@
+"""The training run's typed configuration: YAML file + `key=value` overrides -> `TrainConfig`.
+
+Each concern keeps its own dataclass next to the code that uses it (rollout, reward, advantage,
+loss, stages); this module composes them and adds the model, data, optimizer and run settings.
+YAML is read with OmegaConf (interpolation, dot-list overrides), then built into the dataclasses
+field by field, so a misspelled key fails naming its path and the valid keys, and each
+dataclass's own validation runs. Nothing here touches torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srpo_megatron.algorithms.advantages import AdvantageConfig
+from srpo_megatron.algorithms.policy_loss import PolicyLossConfig
+from srpo_megatron.data.stages import StageConfig
+from srpo_megatron.rewards.combine import RewardConfig
+from srpo_megatron.rollout.types import RolloutConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy model and how it is split."""
+
+    hf_path: str = ""
+    """HF directory of the initial policy (and reference) weights; its tokenizer is used too."""
+    tensor_parallel: int = 1
+    """Megatron tensor-parallel size; must divide the attention heads and KV heads."""
+    pipeline_parallel: int = 1
+    """Megatron pipeline-parallel size; must divide the number of layers."""
+    dtype: str = "float32"
+    """Parameter dtype: "float32" or "bfloat16" (H100 runs)."""
+
+    def __post_init__(self) -> None:
+        if not self.hf_path:
+            raise ValueError("model.hf_path is required: the HF directory of the initial policy")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be 'float32' or 'bfloat16' (got {self.dtype!r})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training problems, per domain, in the project's row schema (jsonl / json / parquet)."""
+
+    math: list[str] = field(default_factory=list)
+    """Math files (rows with `prompt` and `answer`)."""
+    code: list[str] = field(default_factory=list)
+    """Code files (rows with `prompt` and `tests`)."""
+    prompts_per_step: int = 8
+    """B: prompts per optimizer step over all data-parallel ranks (SRPO: 256)."""
+    math_instruction: str = "\nPut your final answer within \\boxed{}."
+    """Appended to every math problem before the chat template."""
+    code_instruction: str = "\nWrite the solution in a single ```python code block."
+    """Appended to every code problem before the chat template."""
+
+    def __post_init__(self) -> None:
+        if not self.math and not self.code:
+            raise ValueError("data: give at least one file in data.math or data.code")
+        if self.prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step must be >= 1 (got {self.prompts_per_step})")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW through megatron's optimizer. Defaults are SRPO's published recipe."""
+
+    lr: float = 1e-6
+    """Peak learning rate (constant after warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many optimizer updates."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be > 0 (got {self.lr})")
+        if self.warmup_steps < 0 or self.clip_grad < 0:
+            raise ValueError("optimizer.warmup_steps and optimizer.clip_grad must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The loop: how long, how batches split, where the run writes."""
+
+    run_dir: str = "runs/srpo"
+    """Metrics, TensorBoard events and checkpoints go here (shared storage on clusters)."""
+    steps: int = 10
+    """Total optimizer steps (each: rollout, score, update(s), sync)."""
+    updates_per_step: int = 1
+    """Mini-batches (optimizer updates) per step over the step's rollouts."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward micro-batch."""
+    seed: int = 1234
+    history_resampling: bool = True
+    """SRPO's epoch-level history resampling; False gives plain GRPO sampling."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    reference_model: bool = False
+    """Keep a frozen reference model for the `kl` metric even when the KL loss is off."""
+    logprob_check: bool = True
+    """Log `logprob_diff`: vLLM's sampled-token log-probs vs Megatron's recomputed ones."""
+    stop_after: int = 0
+    """Stop after this many steps of this process (testing preemption); 0 runs to `steps`."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "updates_per_step", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1 (got {getattr(self, name)})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one SRPO run needs."""
+
+    model: ModelConfig
+    data: DataConfig
+    stages: list[StageConfig]
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        domains = {d for stage in self.stages for d in stage.mixture}
+        missing = sorted(d for d in domains if not getattr(self.data, d, None))
+        if missing:
+            raise ValueError(f"stages mix domains {missing} but data has no files for them")
+        if not self.stages:
+            raise ValueError("stages: configure at least one stage")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a plain mapping, naming the path of anything wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{path or 'config'}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {name: _convert(hints[name], value, f"{path}.{name}" if path else name)
+              for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{path or 'config'}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin in (list, typing.List) and typing.get_args(hint):
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return value if value is None or len(options) != 1 else _convert(options[0], value, path)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `a.b=value` overrides, build and validate `TrainConfig`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        merged = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+        data = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{path}: {err}") from err
+    try:
+        return _build(TrainConfig, data, "")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,409 @@
+"""The SRPO trainer: the loop of DESIGN.md section 2, one named phase after another.
+
+    stage -> prompts -> rollout -> score -> advantages -> history record -> old/ref log-probs
+          -> update (megatron pipeline schedule, DDP, optimizer) -> sync weights -> metrics
+          -> checkpoint
+
+Each phase is timed under the name of its metric (`t_rollout`, `t_reward`, `t_train`, `t_sync`).
+Parallel layout: Megatron TP x PP x DP. Every rank also runs a rollout engine; a data-parallel
+replica's prompts are split over its TP x PP ranks for generation and scoring, then all-gathered
+inside the model-parallel group so every rank of the replica trains on identical rollouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from srpo_megatron import platform
+from srpo_megatron.algorithms import compute_advantages, policy_loss
+from srpo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from srpo_megatron.config import TrainConfig
+from srpo_megatron.convert.hf_to_mcore import load_hf_weights
+from srpo_megatron.convert.mcore_io import CheckpointInfo
+from srpo_megatron.data import StageScheduler
+from srpo_megatron.data.dataset import load_rows
+from srpo_megatron.data.stages import history_sampler_factory
+from srpo_megatron.metrics import MetricsLogger, is_reflective, tokens_per_s
+from srpo_megatron.models import build_model, mask_padded_vocab, model_shape, padded_vocab_size
+from srpo_megatron.models.forward import compute_logprobs, run_pipeline, token_logprobs
+from srpo_megatron.rewards.combine import RewardScorer
+from srpo_megatron.rollout import RolloutEngine
+from srpo_megatron.rollout.weight_sync import sync_weights
+
+
+@dataclass
+class Sample:
+    """One rollout with its score: what every later phase reads."""
+
+    domain: str
+    row_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float]
+    truncated: bool
+    reward: float
+    accuracy: float
+    reflective: bool
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase of one step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | None = None):
+        from transformers import AutoConfig
+
+        self.config = config
+        model_cfg, train_cfg = config.model, config.training
+        self.ctx = platform.init_distributed(model_cfg.tensor_parallel, model_cfg.pipeline_parallel,
+                                             seed=train_cfg.seed)
+        self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
+        self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
+        self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
+        self.model, self.optimizer = self._build_policy()
+        self.reference = self._build_reference()
+        self.engine = RolloutEngine(model_cfg.hf_path, config.rollout)
+        self.scorer = RewardScorer(config.reward)
+        factory = history_sampler_factory({d: len(r) for d, r in self.rows.items()}, self.ctx.dp_rank,
+                                          self.ctx.data_parallel, train_cfg.seed, train_cfg.history_resampling)
+        self.scheduler = StageScheduler(config.stages, config.data.prompts_per_step, factory,
+                                        self.ctx.data_parallel)
+        self.step = 0
+        self.run_dir = Path(train_cfg.run_dir)
+        self._stop_requested = False
+        self._resume(resume)
+        self.logger = MetricsLogger(self.run_dir) if self.ctx.rank == 0 else None
+
+    # ---- construction ---------------------------------------------------------------------
+
+    def _build_policy(self):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        cfg = self.config
+        module = build_model(self.shape, cfg.model.tensor_parallel, cfg.model.pipeline_parallel,
+                             cfg.model.dtype, vocab_size_padded=self.vocab_padded, initialize=False)
+        load_hf_weights(module, cfg.model.hf_path, self.shape, self.vocab_padded)
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                   use_distributed_optimizer=False)
+        model = DistributedDataParallel(config=module.config, ddp_config=ddp_config, module=module)
+        optim = cfg.optimizer
+        optimizer = get_megatron_optimizer(OptimizerConfig(
+            optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
+            adam_beta2=optim.adam_beta2, clip_grad=optim.clip_grad, bf16=cfg.model.dtype == "bfloat16",
+            params_dtype=module.config.params_dtype, use_distributed_optimizer=False), [model])
+        # What megatron's own training loop wires up: DP grad all-reduce (and tied-embedding grads
+        # across PP) after the last micro-batch, no grad sync before it.
+        module.config.finalize_model_grads_func = finalize_model_grads
+        module.config.no_sync_func = model.no_sync
+        module.config.grad_scale_func = optimizer.scale_loss
+        return model, optimizer
+
+    def _build_reference(self):
+        if not (self.config.loss.kl_coef > 0 or self.config.training.reference_model):
+            return None
+        cfg = self.config.model
+        reference = build_model(self.shape, cfg.tensor_parallel, cfg.pipeline_parallel, cfg.dtype,
+                                trainable=False, vocab_size_padded=self.vocab_padded, initialize=False)
+        load_hf_weights(reference, cfg.hf_path, self.shape, self.vocab_padded)
+        return reference
+
+    def _resume(self, resume: str | None) -> None:
+        if not resume:
+            return
+        path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            return  # a fresh run: nothing saved yet
+        state = load_checkpoint(path, self.model.module, self.optimizer)
+        self.step = state["step"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        signal.signal(signal.SIGTERM, self._request_stop)  # Slurm preemption: save, then exit
+        total, started = self.config.training.steps, self.step
+        stop_after = self.config.training.stop_after
+        with tqdm(total=total, initial=self.step, desc="srpo", disable=self.ctx.rank != 0) as bar:
+            while self.step < total:
+                metrics = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+                if self._should_save() or self._agree_to_stop() or self.step == total:
+                    self.save()
+                if self._stop_requested or (stop_after and self.step - started >= stop_after):
+                    break
+        if self.logger:
+            self.logger.close()
+
+    def train_step(self) -> dict:
+        timer, step_start = PhaseTimer(), time.perf_counter()
+        stage = self.scheduler.stage.name
+        prompts = self.scheduler.next_batch()
+        with timer("t_rollout"):
+            samples, reward_seconds = self.rollout_and_score(prompts)
+        timer.seconds["t_reward"] = reward_seconds
+        self.record_history(prompts, samples)
+        batch = self.make_batch(samples)
+        with timer("t_train"):
+            self.add_old_logprobs(batch)
+            loss_metrics = self.update(batch)
+        with timer("t_sync"):
+            sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
+        self.step += 1
+        timer.seconds["t_step"] = time.perf_counter() - step_start
+        metrics = self.step_metrics(stage, samples, batch, loss_metrics, timer.seconds)
+        metrics["stage_changed"] = self.scheduler.update(self.step)
+        if self.logger:
+            self.logger.log(metrics)
+        return metrics
+
+    # ---- phases ---------------------------------------------------------------------------
+
+    def rollout_and_score(self, prompts: dict[str, list[int]]) -> tuple[list[Sample], float]:
+        """This replica's prompts, split over its model-parallel ranks, then gathered."""
+        from megatron.core import parallel_state as ps
+
+        mp_group = ps.get_model_parallel_group()
+        mp_rank, mp_size = dist.get_rank(mp_group), dist.get_world_size(mp_group)
+        ordered = [(d, i) for d, ids in prompts.items() for i in ids]
+        mine = ordered[mp_rank::mp_size]
+        instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
+        texts = [self.rows[d][i]["prompt"] + instructions[d] for d, i in mine]
+        # Reseed the sampler per (step, rank): a resumed run samples exactly what it would have.
+        torch.manual_seed(zlib.crc32(f"{self.config.training.seed}/{self.step}/{self.ctx.rank}".encode()))
+        self.engine.wake_up()
+        rollouts = self.engine.generate(texts) if texts else []
+        self.engine.sleep()
+        start = time.perf_counter()
+        rows = [self.rows[mine[r.prompt_index][0]][mine[r.prompt_index][1]] for r in rollouts]
+        scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
+        reward_seconds = time.perf_counter() - start
+        local = [
+            (mp_rank + mp_size * r.prompt_index, r.sample_index, Sample(
+                domain=row["domain"], row_index=mine[r.prompt_index][1], prompt_ids=r.prompt_token_ids,
+                response_ids=r.response_token_ids, rollout_logprobs=r.logprobs.tolist(),
+                truncated=r.finish_reason == "length", reward=s.reward, accuracy=s.accuracy,
+                reflective=is_reflective(r.response_text)))
+            for r, row, s in zip(rollouts, rows, scores)
+        ]
+        gathered = [None] * mp_size
+        dist.all_gather_object(gathered, local, group=mp_group)
+        merged = sorted((item for part in gathered for item in part), key=lambda item: item[:2])
+        return [sample for _, _, sample in merged], reward_seconds
+
+    def record_history(self, prompts: dict[str, list[int]], samples: list[Sample]) -> None:
+        """Per-prompt rollout correctness into the history-resampling sampler (collective)."""
+        G = self.config.rollout.n_samples_per_prompt
+        for domain, ids in prompts.items():
+            correct = {i: [] for i in ids}
+            for sample in samples:
+                if sample.domain == domain:
+                    correct[sample.row_index].append(sample.accuracy >= 1.0)
+            assert all(len(c) == G for c in correct.values()), "rollouts missing for a prompt"
+            self.scheduler.record(domain, ids, [correct[i] for i in ids])
+
+    def make_batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        """Right-padded tensors [N, T]; N padded to whole micro-batches with empty rows."""
+        G = self.config.rollout.n_samples_per_prompt
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        truncated = torch.tensor([s.truncated for s in samples])
+        adv = compute_advantages(rewards, G, self.config.advantage, truncated=truncated)
+        multiple = self.config.training.micro_batch_size * self.config.training.updates_per_step
+        n = -(-len(samples) // multiple) * multiple
+        length = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+        tokens = torch.zeros(n, length, dtype=torch.long)
+        mask = torch.zeros(n, length, dtype=torch.bool)
+        rollout_lp = torch.zeros(n, length)
+        for row, s in enumerate(samples):
+            p, r = len(s.prompt_ids), len(s.response_ids)
+            tokens[row, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
+            mask[row, p: p + r] = True
+            rollout_lp[row, p: p + r] = torch.tensor(s.rollout_logprobs)
+        advantages = torch.zeros(n)
+        advantages[: len(samples)] = adv.advantages
+        device = platform.device()
+        return {"tokens": tokens.to(device), "mask": mask.to(device), "advantages": advantages.to(device),
+                "rollout_logprobs": rollout_lp.to(device), "zero_groups": adv.zero_groups,
+                "num_samples": torch.tensor(len(samples))}
+
+    def _micro_batches(self, batch: dict, rows: range, keys: tuple[str, ...]) -> list[dict]:
+        size = self.config.training.micro_batch_size
+        return [{k: batch[k][start: start + size] for k in keys} for start in range(rows.start, rows.stop, size)]
+
+    def add_old_logprobs(self, batch: dict) -> None:
+        """Log-probs of the rollout policy (= current weights) and, if configured, the reference."""
+        rows = range(0, batch["tokens"].shape[0])
+        micro = self._micro_batches(batch, rows, ("tokens",))
+        temperature = self.config.rollout.temperature or 1.0
+        old = compute_logprobs(self.model.module, micro, self.shape.vocab_size, temperature)
+        if old:  # last pipeline stage
+            batch["old_logprobs"] = torch.cat(old)
+        if self.reference is not None:
+            ref = compute_logprobs(self.reference, micro, self.shape.vocab_size, temperature)
+            if ref:
+                batch["ref_logprobs"] = torch.cat(ref)
+
+    def update(self, batch: dict) -> dict:
+        """One optimizer update per mini-batch, through megatron's pipeline schedule."""
+        from megatron.core import parallel_state as ps
+
+        cfg = self.config
+        n = batch["tokens"].shape[0]
+        per_update = n // cfg.training.updates_per_step
+        keys = tuple(k for k in ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs") if k in batch)
+        collected: list[dict] = []
+        for update_index in range(cfg.training.updates_per_step):
+            rows = range(update_index * per_update, (update_index + 1) * per_update)
+            micro = self._micro_batches(batch, rows, keys)
+            counts = torch.tensor([float(batch["mask"][rows.start: rows.stop].sum()),
+                                   float(batch["mask"][rows.start: rows.stop].any(dim=1).sum())])
+            dist.all_reduce(counts, group=ps.get_data_parallel_group())
+            # megatron divides each micro-batch loss by the number of micro-batches and DDP averages
+            # gradients over DP; the loss is already a share of the global mean, so undo both.
+            scale = len(micro) * ps.get_data_parallel_world_size()
+            loss_fn = self._loss_fn(counts[0].clamp(min=1), counts[1].clamp(min=1), scale)
+            self._set_lr()
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            collected += run_pipeline(self.model, micro, loss_fn, forward_only=False)
+            _, grad_norm, _ = self.optimizer.step()
+        return _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0)}
+
+    def _loss_fn(self, global_tokens, global_sequences, scale: float):
+        from srpo_megatron.algorithms.logprobs import vocab_parallel_entropy
+
+        cfg = self.config
+
+        def loss_fn(micro: dict, output: torch.Tensor):
+            temperature = cfg.rollout.temperature or 1.0
+            logp = token_logprobs(output, micro["tokens"], self.shape.vocab_size, temperature)  # [b, T]
+            loss, metrics = policy_loss(logp, micro["old_logprobs"], micro["advantages"], micro["mask"],
+                                        cfg.loss, logp_ref=micro.get("ref_logprobs"),
+                                        global_num_tokens=global_tokens, global_num_sequences=global_sequences)
+            with torch.no_grad():
+                logits = mask_padded_vocab(output[:, :-1].float(), self.shape.vocab_size)
+                entropy = vocab_parallel_entropy(logits, temperature)  # [b, T-1]
+                mask = micro["mask"][:, 1:]
+                metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+            return loss * scale, metrics
+
+        return loss_fn
+
+    def _set_lr(self) -> None:
+        optim = self.config.optimizer
+        warm = min(1.0, (self.step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = optim.lr * warm
+
+    # ---- metrics and checkpoints ----------------------------------------------------------
+
+    def step_metrics(self, stage: str, samples: list[Sample], batch: dict, loss_metrics: dict,
+                     seconds: dict) -> dict:
+        """Everything about this step, reduced over all data-parallel replicas."""
+        from megatron.core import parallel_state as ps
+
+        local = [(s.domain, s.reward, s.accuracy, len(s.response_ids), s.truncated, s.reflective) for s in samples]
+        replicas = [None] * ps.get_data_parallel_world_size()
+        dist.all_gather_object(replicas, local, group=ps.get_data_parallel_group())
+        everything = [item for part in replicas for item in part]
+        zero = batch["zero_groups"].float()
+        metrics = {"step": self.step, "stage": stage, **_sample_metrics(everything),
+                   "zero_adv_frac": zero.mean().item() if zero.numel() else 0.0,
+                   "pool_size": sum(len(self.scheduler.sampler(d).pool()) for d in self.scheduler.domain_counts())}
+        metrics |= self._last_stage_metrics(loss_metrics, batch)
+        metrics |= {k: round(v, 4) for k, v in seconds.items()}
+        tokens = sum(item[3] for item in everything)
+        metrics["tokens_per_s"] = tokens_per_s(tokens, seconds["t_step"])
+        return metrics
+
+    def _last_stage_metrics(self, loss_metrics: dict, batch: dict) -> dict:
+        values = dict(loss_metrics)
+        if "old_logprobs" in batch:
+            mask = batch["mask"]
+            diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()[mask]
+            values["logprob_diff"] = diff.max().item() if diff.numel() else 0.0
+            values["logprob_diff_mean"] = diff.mean().item() if diff.numel() else 0.0
+            if "ref_logprobs" in batch:
+                log_ratio = (batch["ref_logprobs"] - batch["old_logprobs"])[mask]
+                values["kl"] = (log_ratio.exp() - log_ratio - 1).mean().item() if log_ratio.numel() else 0.0
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, values)
+        merged = next((v for v in everyone if "logprob_diff" in v), values)
+        merged.setdefault("kl", 0.0)
+        return {k: merged[k] for k in merged if k not in ("ratio_min", "ratio_max")}
+
+    def _should_save(self) -> bool:
+        every = self.config.training.save_every
+        return bool(every) and self.step % every == 0
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True  # only a flag: torchrun may signal twice
+
+    def _agree_to_stop(self) -> bool:
+        flag = torch.tensor([float(self._stop_requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._stop_requested = bool(flag.item())
+        return self._stop_requested
+
+    def save(self) -> Path:
+        info = CheckpointInfo(self.vocab_padded, self.config.model.dtype, self.config.model.tensor_parallel,
+                              self.config.model.pipeline_parallel)
+        state = {"step": self.step, "scheduler": self.scheduler.state_dict()}
+        return save_checkpoint(self.run_dir, self.step, self.model.module, self.optimizer, state, info,
+                               self.config.model.hf_path)
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.engine.shutdown()
+
+
+def _sample_metrics(items: list[tuple]) -> dict:
+    """Means over all rollouts: reward, accuracy (overall and per domain), length, behaviour."""
+    def mean(values):
+        values = list(values)
+        return sum(values) / len(values) if values else 0.0
+
+    metrics = {
+        "reward_mean": mean(i[1] for i in items),
+        "accuracy": mean(i[2] for i in items),
+        "response_len_mean": mean(i[3] for i in items),
+        "truncated_frac": mean(float(i[4]) for i in items),
+        "reflection_rate": mean(float(i[5]) for i in items),
+    }
+    for domain in ("math", "code"):
+        metrics[f"accuracy/{domain}"] = mean(i[2] for i in items if i[0] == domain) if any(
+            i[0] == domain for i in items) else None
+    return metrics
+
+
+def _mean_metrics(collected: list[dict]) -> dict:
+    if not collected:
+        return {}
+    summed = {"pg_loss", "kl_loss", "loss"}
+    out = {}
+    for key in collected[0]:
+        values = [float(m[key]) for m in collected]
+        out[key] = sum(values) if key in summed else sum(values) / len(values)
+    return out
