@@ -49,7 +49,8 @@ class DecontaminationConfig:
             raise ValueError(f"decontamination ngram must be >= 1 word (got {self.ngram})")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(
-                f"decontamination threshold must be in (0, 1], the fraction of overlapping n-grams (got {self.threshold})"
+                "decontamination threshold must be in (0, 1], the fraction of overlapping n-grams "
+                f"(got {self.threshold})"
             )
 
 

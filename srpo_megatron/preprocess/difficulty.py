@@ -86,7 +86,8 @@ def grade_difficulty(
         problem.pass_rate = scored["pass_rate"]
         problem.difficulty = config.bucket(problem.pass_rate)
         if config.too_easy_at is not None and problem.pass_rate >= config.too_easy_at:
-            rejects.append(problem.reject("too_easy", f"pass rate {problem.pass_rate:.3g} over {config.samples} samples"))
+            detail = f"pass rate {problem.pass_rate:.3g} over {config.samples} samples"
+            rejects.append(problem.reject("too_easy", detail))
         else:
             kept.append(problem)
     return kept, rejects

@@ -7,9 +7,10 @@ Recognised columns (case-insensitive; dotted names reach into nested dicts), fir
 - prompt: `prompt` (text, or chat messages as in DAPO-Math-17k), `problem`, `question`, `question_content`;
   a code row's `starter_code` is appended to its prompt;
 - math: `answer`, `final_answer`, `reward_model.ground_truth`; optional `solution` (reference solution);
-- code: `tests`, `input_output`, `test_cases` (dict or JSON string, APPS/TACO `{"inputs", "outputs"}` or
-  a LiveCodeBench-style list of `{"input", "output"}`); `fn_name` (column or inside the tests) for
-  function-call tests; optional `solutions` (JSON list or list of programs) or `solution`;
+- code: `tests`, `input_output`, `test_cases`, `public_test_cases` (dict or JSON string; APPS/TACO
+  `{"inputs", "outputs"}` or a LiveCodeBench-style list of `{"input", "output"}`); `fn_name` (column
+  or inside the tests) for function-call tests; optional `solutions` (JSON list or list of programs)
+  or `solution`;
 - `id`, `unique_id`, `problem_id`, `question_id`, `task_id`, `extra_info.index`; `source`, `data_source`.
 
 A row that cannot be mapped becomes a `Reject` with its reason and never stops the run. A file that
@@ -31,16 +32,18 @@ from srpo_megatron.rewards.code import TestSuite
 
 DOMAINS = ("math", "code")
 MATH_REASONS = (
-    "malformed", "missing_answer", "unparseable_answer", "solution_mismatch", "duplicate", "contaminated", "too_easy"
+    "malformed", "missing_answer", "contaminated", "unparseable_answer", "solution_mismatch", "duplicate", "too_easy"
 )
-CODE_REASONS = ("malformed", "missing_tests", "failing_reference_solution", "duplicate", "contaminated", "too_easy")
+CODE_REASONS = ("malformed", "missing_tests", "contaminated", "failing_reference_solution", "duplicate", "too_easy")
 REASONS = {"math": MATH_REASONS, "code": CODE_REASONS}
-"""Why a row can be dropped, per domain, in the order the pipeline checks them."""
+"""Why a row can be dropped, per domain, in the order the pipeline checks them (a row is counted
+under the first check it fails). Duplicates are found after verification, so that a verified copy
+wins over a broken one."""
 
 PROMPT_KEYS = ("prompt", "problem", "question", "question_content")
 ANSWER_KEYS = ("answer", "final_answer", "reward_model.ground_truth")
 MATH_SOLUTION_KEYS = ("solution",)
-TESTS_KEYS = ("tests", "input_output", "test_cases")
+TESTS_KEYS = ("tests", "input_output", "test_cases", "public_test_cases")
 CODE_SOLUTION_KEYS = ("solutions", "solution")
 ID_KEYS = ("id", "unique_id", "problem_id", "question_id", "task_id", "extra_info.index")
 SOURCE_KEYS = ("source", "data_source")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # combine imports torch: keep it out of the math workers, whi
 # The targets the math reward parses the reference answer with: what parses here, grades there.
 _PARSE_TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
 _CODE_CHUNK = 8  # programs per progress-bar step
+_POOL_START_S = 60.0  # extra wait for the first result of a fresh pool: workers start and warm up
 
 
 def check_answer(answer: str) -> tuple[bool, str]:
@@ -54,6 +55,7 @@ def _init_worker(memory_mb: int | None) -> None:
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # the deadline is ours, not its own
+    check_answer("1")  # build math-verify's parsers before any call's clock runs
 
 
 def _guarded(fn: Callable[..., tuple[bool, str]], *args: Any) -> tuple[bool, str]:
@@ -74,8 +76,8 @@ def run_killable(
     """fn(*call) for every call in worker processes; None where a call overran `timeout_s`.
 
     Each call waited on gets at least `timeout_s` (calls start in order, so an unfinished one has
-    been running since the previous one returned). On a timeout the pool is killed and the calls
-    not finished yet run again on a fresh pool.
+    been running since the previous one returned; the first one of a pool also gets the workers'
+    start-up time). On a timeout the pool is killed and the unfinished calls run on a fresh pool.
     """
     ctx = mp.get_context("forkserver")  # never fork the caller (its threads, vLLM, torch)
     ctx.set_forkserver_preload([__name__])  # a worker then costs a fork, not a math-verify import
@@ -89,7 +91,7 @@ def run_killable(
                 pending = []
                 for position, (index, handle) in enumerate(handles):
                     try:
-                        results[index] = handle.get(timeout_s)
+                        results[index] = handle.get(timeout_s + (_POOL_START_S if position == 0 else 0.0))
                     except mp.TimeoutError:
                         for j, h in handles[position + 1 :]:
                             if h.ready():
