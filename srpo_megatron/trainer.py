@@ -23,17 +23,17 @@ import torch
 import torch.distributed as dist
 
 from srpo_megatron import platform
-from srpo_megatron.algorithms import compute_advantages, policy_loss
+from srpo_megatron.algorithms import compute_advantages
 from srpo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from srpo_megatron.config import TrainConfig
-from srpo_megatron.convert.hf_to_mcore import load_hf_weights
 from srpo_megatron.convert.mcore_io import CheckpointInfo
 from srpo_megatron.data import StageScheduler
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
 from srpo_megatron.metrics import MetricsLogger, is_reflective, tokens_per_s
-from srpo_megatron.models import build_model, mask_padded_vocab, model_shape, padded_vocab_size
-from srpo_megatron.models.forward import compute_logprobs, run_pipeline, token_logprobs
+from srpo_megatron.models import model_shape, padded_vocab_size
+from srpo_megatron.models.forward import compute_logprobs
+from srpo_megatron.policy import UpdateSettings, build_policy, build_reference, micro_batches, update_policy
 from srpo_megatron.rewards.combine import RewardScorer
 from srpo_megatron.rollout import RolloutEngine
 from srpo_megatron.rollout.weight_sync import sync_weights
@@ -78,8 +78,9 @@ class Trainer:
         self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
         self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
         self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
-        self.model, self.optimizer = self._build_policy()
-        self.reference = self._build_reference()
+        self.model, self.optimizer = build_policy(self.shape, model_cfg, config.optimizer, self.vocab_padded)
+        wants_reference = config.loss.kl_coef > 0 or train_cfg.reference_model
+        self.reference = build_reference(self.shape, model_cfg, self.vocab_padded) if wants_reference else None
         self.engine = RolloutEngine(model_cfg.hf_path, config.rollout)
         self.scorer = RewardScorer(config.reward)
         factory = history_sampler_factory({d: len(r) for d, r in self.rows.items()}, self.ctx.dp_rank,
@@ -93,38 +94,6 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir) if self.ctx.rank == 0 else None
 
     # ---- construction ---------------------------------------------------------------------
-
-    def _build_policy(self):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-        cfg = self.config
-        module = build_model(self.shape, cfg.model.tensor_parallel, cfg.model.pipeline_parallel,
-                             cfg.model.dtype, vocab_size_padded=self.vocab_padded, initialize=False)
-        load_hf_weights(module, cfg.model.hf_path, self.shape, self.vocab_padded)
-        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                   use_distributed_optimizer=False)
-        model = DistributedDataParallel(config=module.config, ddp_config=ddp_config, module=module)
-        optim = cfg.optimizer
-        optimizer = get_megatron_optimizer(OptimizerConfig(
-            optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
-            adam_beta2=optim.adam_beta2, clip_grad=optim.clip_grad, bf16=cfg.model.dtype == "bfloat16",
-            params_dtype=module.config.params_dtype, use_distributed_optimizer=False), [model])
-        # What megatron's own training loop wires up: DP grad all-reduce (and tied-embedding grads
-        # across PP) after the last micro-batch, no grad sync before it.
-        module.config.finalize_model_grads_func = finalize_model_grads
-        module.config.no_sync_func = model.no_sync
-        module.config.grad_scale_func = optimizer.scale_loss
-        return model, optimizer
-
-    def _build_reference(self):
-        if not (self.config.loss.kl_coef > 0 or self.config.training.reference_model):
-            return None
-        cfg = self.config.model
-        reference = build_model(self.shape, cfg.tensor_parallel, cfg.pipeline_parallel, cfg.dtype,
-                                trainable=False, vocab_size_padded=self.vocab_padded, initialize=False)
-        load_hf_weights(reference, cfg.hf_path, self.shape, self.vocab_padded)
-        return reference
 
     def _resume(self, resume: str | None) -> None:
         if not resume:
@@ -168,7 +137,7 @@ class Trainer:
         batch = self.make_batch(samples)
         with timer("t_train"):
             self.add_old_logprobs(batch)
-            loss_metrics = self.update(batch)
+            loss_metrics = update_policy(self.model, self.optimizer, batch, self._update_settings())
         with timer("t_sync"):
             sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
         self.step += 1
@@ -248,14 +217,10 @@ class Trainer:
                 "rollout_logprobs": rollout_lp.to(device), "zero_groups": adv.zero_groups,
                 "num_samples": torch.tensor(len(samples))}
 
-    def _micro_batches(self, batch: dict, rows: range, keys: tuple[str, ...]) -> list[dict]:
-        size = self.config.training.micro_batch_size
-        return [{k: batch[k][start: start + size] for k in keys} for start in range(rows.start, rows.stop, size)]
-
     def add_old_logprobs(self, batch: dict) -> None:
         """Log-probs of the rollout policy (= current weights) and, if configured, the reference."""
         rows = range(0, batch["tokens"].shape[0])
-        micro = self._micro_batches(batch, rows, ("tokens",))
+        micro = micro_batches(batch, rows, self.config.training.micro_batch_size, ("tokens",))
         temperature = self.config.rollout.temperature or 1.0
         old = compute_logprobs(self.model.module, micro, self.shape.vocab_size, temperature)
         if old:  # last pipeline stage
@@ -265,57 +230,12 @@ class Trainer:
             if ref:
                 batch["ref_logprobs"] = torch.cat(ref)
 
-    def update(self, batch: dict) -> dict:
-        """One optimizer update per mini-batch, through megatron's pipeline schedule."""
-        from megatron.core import parallel_state as ps
-
+    def _update_settings(self) -> UpdateSettings:
         cfg = self.config
-        n = batch["tokens"].shape[0]
-        per_update = n // cfg.training.updates_per_step
-        keys = tuple(k for k in ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs") if k in batch)
-        collected: list[dict] = []
-        for update_index in range(cfg.training.updates_per_step):
-            rows = range(update_index * per_update, (update_index + 1) * per_update)
-            micro = self._micro_batches(batch, rows, keys)
-            counts = torch.tensor([float(batch["mask"][rows.start: rows.stop].sum()),
-                                   float(batch["mask"][rows.start: rows.stop].any(dim=1).sum())])
-            dist.all_reduce(counts, group=ps.get_data_parallel_group())
-            # megatron divides each micro-batch loss by the number of micro-batches and DDP averages
-            # gradients over DP; the loss is already a share of the global mean, so undo both.
-            scale = len(micro) * ps.get_data_parallel_world_size()
-            loss_fn = self._loss_fn(counts[0].clamp(min=1), counts[1].clamp(min=1), scale)
-            self._set_lr()
-            self.model.zero_grad_buffer()
-            self.optimizer.zero_grad()
-            collected += run_pipeline(self.model, micro, loss_fn, forward_only=False)
-            _, grad_norm, _ = self.optimizer.step()
-        return _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0)}
-
-    def _loss_fn(self, global_tokens, global_sequences, scale: float):
-        from srpo_megatron.algorithms.logprobs import vocab_parallel_entropy
-
-        cfg = self.config
-
-        def loss_fn(micro: dict, output: torch.Tensor):
-            temperature = cfg.rollout.temperature or 1.0
-            logp = token_logprobs(output, micro["tokens"], self.shape.vocab_size, temperature)  # [b, T]
-            loss, metrics = policy_loss(logp, micro["old_logprobs"], micro["advantages"], micro["mask"],
-                                        cfg.loss, logp_ref=micro.get("ref_logprobs"),
-                                        global_num_tokens=global_tokens, global_num_sequences=global_sequences)
-            with torch.no_grad():
-                logits = mask_padded_vocab(output[:, :-1].float(), self.shape.vocab_size)
-                entropy = vocab_parallel_entropy(logits, temperature)  # [b, T-1]
-                mask = micro["mask"][:, 1:]
-                metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
-            return loss * scale, metrics
-
-        return loss_fn
-
-    def _set_lr(self) -> None:
-        optim = self.config.optimizer
-        warm = min(1.0, (self.step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = optim.lr * warm
+        warmup = cfg.optimizer.warmup_steps
+        lr = cfg.optimizer.lr * (min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
+        return UpdateSettings(cfg.training.updates_per_step, cfg.training.micro_batch_size, lr,
+                              self.shape.vocab_size, cfg.rollout.temperature or 1.0, cfg.loss)
 
     # ---- metrics and checkpoints ----------------------------------------------------------
 
@@ -397,13 +317,3 @@ def _sample_metrics(items: list[tuple]) -> dict:
             i[0] == domain for i in items) else None
     return metrics
 
-
-def _mean_metrics(collected: list[dict]) -> dict:
-    if not collected:
-        return {}
-    summed = {"pg_loss", "kl_loss", "loss"}
-    out = {}
-    for key in collected[0]:
-        values = [float(m[key]) for m in collected]
-        out[key] = sum(values) if key in summed else sum(values) / len(values)
-    return out

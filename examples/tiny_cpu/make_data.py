@@ -37,8 +37,6 @@ _MAX_DRAWS_PER_ROW = 200  # rejection sampling of unseen problems; a small key s
 class Problem:
     """One solved problem: the row the trainer reads and the reference response the warm-up imitates."""
 
-    key: str
-    """What makes two problems the same (the expression, or the function signature and spec)."""
     row: dict
     """`domain`, `prompt` and `answer` or `tests` (ids are assigned per split)."""
     response: str
@@ -90,8 +88,9 @@ def draw_math(rng: random.Random) -> Problem:
     draw = rng.choices([fn for _, fn in MATH_KINDS.values()], weights=weights)[0]
     expression, steps, value = draw(rng)
     prompt = rng.choice(MATH_PHRASINGS).format(e=expression)
-    response = f"<think>{', '.join(steps)}</think> \\boxed{{{value}}}"
-    return Problem(expression, {"domain": "math", "prompt": prompt, "answer": str(value)}, response)
+    # The space after <think> makes the operands the same tokens as in the prompt (" 37", not "37").
+    response = f"<think> {', '.join(steps)}</think> \\boxed{{{value}}}"
+    return Problem({"domain": "math", "prompt": prompt, "answer": str(value)}, response)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def draw_code(rng: random.Random) -> Problem:
     program = f"def {signature}:\n    return {expr}\n"
     response = f"<think>Return {expr}.</think>\n```python\n{program}```"
     tests = {"fn_name": name, "inputs": inputs, "outputs": outputs}
-    return Problem(f"{signature}: {phrase}", {"domain": "code", "prompt": prompt, "tests": tests}, response)
+    return Problem({"domain": "code", "prompt": prompt, "tests": tests}, response)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,26 +212,28 @@ def draw_code(rng: random.Random) -> Problem:
 # ---------------------------------------------------------------------------------------------------
 
 def _draw_unique(rng: random.Random, draw: Callable, n: int, seen: set[str]) -> list[Problem]:
-    """`n` problems whose keys are not in `seen` (which is updated): splits never share a problem."""
+    """`n` problems whose prompts are not in `seen` (which is updated): no prompt is in two splits."""
     problems: list[Problem] = []
     for _ in range(n * _MAX_DRAWS_PER_ROW):
         if len(problems) == n:
             return problems
         problem = draw(rng)
-        if problem.key not in seen:
-            seen.add(problem.key)
+        if problem.row["prompt"] not in seen:
+            seen.add(problem.row["prompt"])
             problems.append(problem)
     raise ValueError(f"only {len(problems)} distinct problems of {n} requested from {draw.__name__}; "
                      "lower the split sizes")
 
 
-def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft: int = 1000) -> dict:
+def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft_math: int = 1200,
+                 n_sft_code: int = 400) -> dict:
     """`{(split, domain): [Problem]}` for split in train/eval/sft. Eval is drawn first, so its rows do
     not change when the train or SFT sizes do."""
     splits: dict = {}
+    n_sft = {"math": n_sft_math, "code": n_sft_code}
     for offset, (domain, draw) in enumerate((("math", draw_math), ("code", draw_code))):
         rng, seen = random.Random(seed * 1000 + offset), set()
-        for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft)):
+        for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft[domain])):
             splits[split, domain] = _draw_unique(rng, draw, n, seen)
     return splits
 
@@ -256,11 +257,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def make_data(out: str | Path, seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft: int = 1000) -> dict:
-    """Write the four RL/eval files and `sft.jsonl` into `out`; returns `{file name: row count}`."""
+def make_data(out: str | Path, **sizes: int) -> dict:
+    """Write the four RL/eval files and `sft.jsonl` into `out`; `sizes` are `build_splits`'s arguments.
+    Returns `{file name: row count}`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = build_splits(seed, n_train, n_eval, n_sft)
+    splits = build_splits(**sizes)
     counts = {}
     for (split, domain), name in SPLIT_FILES.items():
         rows = _rows(splits[split, domain], split, domain)
@@ -278,10 +280,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", dest="n_train", type=int, default=300, help="train rows per domain")
     p.add_argument("--n-eval", dest="n_eval", type=int, default=50, help="eval rows per domain")
-    p.add_argument("--n-sft", dest="n_sft", type=int, default=1000, help="SFT rows per domain")
-    args = p.parse_args()
-    counts = make_data(args.out, args.seed, args.n_train, args.n_eval, args.n_sft)
-    print(json.dumps({"out": str(Path(args.out).resolve()), "rows": counts}))
+    p.add_argument("--n-sft-math", dest="n_sft_math", type=int, default=1200, help="math SFT rows")
+    p.add_argument("--n-sft-code", dest="n_sft_code", type=int, default=400, help="code SFT rows")
+    args = vars(p.parse_args())
+    out = args.pop("out")
+    counts = make_data(out, **args)
+    print(json.dumps({"out": str(Path(out).resolve()), "rows": counts}))
 
 
 if __name__ == "__main__":

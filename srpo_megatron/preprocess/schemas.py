@@ -121,6 +121,8 @@ def load_table(spec: str, cache_dir: str | None = None):
 
     path = Path(spec)
     suffix = path.suffix.lower()
+    if path.is_file() and suffix not in _BUILDERS:
+        raise ValueError(f"dataset file {spec}: unsupported extension {suffix!r}; use one of {sorted(_BUILDERS)}")
     try:
         if suffix in _BUILDERS:
             if not path.is_file():

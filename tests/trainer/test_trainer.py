@@ -120,3 +120,10 @@ def test_interrupted_checkpoint_is_never_loaded(tmp_path):
     (root / "step_000004.tmp").mkdir()  # crashed while writing
     (root / "step_000006").mkdir()  # renamed but marker missing (torn copy)
     assert latest_checkpoint(tmp_path).name == "step_000002"
+
+
+def test_plot_tool_writes_png(full_run, tmp_path):
+    from tools.plot_metrics import plot
+
+    out = plot(full_run / "metrics.jsonl", tmp_path / "m.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

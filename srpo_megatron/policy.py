@@ -1,0 +1,128 @@
+"""The trainable policy: megatron model + DDP + optimizer, its frozen reference, and the update.
+
+`update_policy` is step 6-7 of DESIGN.md section 2: one optimizer update per mini-batch of the
+step's rollouts, each a forward/backward over micro-batches through megatron's pipeline schedule
+with the clipped policy loss (`algorithms.policy_loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from srpo_megatron.algorithms import PolicyLossConfig, policy_loss
+from srpo_megatron.config import ModelConfig, OptimizerConfig
+from srpo_megatron.convert.hf_to_mcore import load_hf_weights
+from srpo_megatron.models import build_model, mask_padded_vocab
+from srpo_megatron.models.forward import run_pipeline, token_logprobs
+from srpo_megatron.models.hf_config import ModelShape
+
+
+def build_policy(shape: ModelShape, model_cfg: ModelConfig, optim_cfg: OptimizerConfig, vocab_padded: int):
+    """(DDP-wrapped policy loaded from model_cfg.hf_path, megatron AdamW optimizer)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
+    from megatron.core.optimizer import get_megatron_optimizer
+
+    module = build_model(shape, model_cfg.tensor_parallel, model_cfg.pipeline_parallel, model_cfg.dtype,
+                         vocab_size_padded=vocab_padded, initialize=False)
+    load_hf_weights(module, model_cfg.hf_path, shape, vocab_padded)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=False)
+    model = DistributedDataParallel(config=module.config, ddp_config=ddp_config, module=module)
+    optimizer = get_megatron_optimizer(McoreOptimizerConfig(
+        optimizer="adam", lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+        adam_beta1=optim_cfg.adam_beta1, adam_beta2=optim_cfg.adam_beta2, clip_grad=optim_cfg.clip_grad,
+        bf16=model_cfg.dtype == "bfloat16", params_dtype=module.config.params_dtype,
+        use_distributed_optimizer=False), [model])
+    # What megatron's own training loop wires up: DP grad all-reduce (and tied-embedding grads
+    # across PP) after the last micro-batch, no grad sync before it.
+    module.config.finalize_model_grads_func = finalize_model_grads
+    module.config.no_sync_func = model.no_sync
+    module.config.grad_scale_func = optimizer.scale_loss
+    return model, optimizer
+
+
+def build_reference(shape: ModelShape, model_cfg: ModelConfig, vocab_padded: int):
+    """The frozen reference policy: the same builder and initial weights, no gradients."""
+    reference = build_model(shape, model_cfg.tensor_parallel, model_cfg.pipeline_parallel, model_cfg.dtype,
+                            trainable=False, vocab_size_padded=vocab_padded, initialize=False)
+    load_hf_weights(reference, model_cfg.hf_path, shape, vocab_padded)
+    return reference
+
+
+def micro_batches(batch: dict, rows: range, size: int, keys: tuple[str, ...]) -> list[dict]:
+    return [{k: batch[k][start: start + size] for k in keys} for start in range(rows.start, rows.stop, size)]
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How one step's rollouts become optimizer updates."""
+
+    updates_per_step: int
+    micro_batch_size: int
+    lr: float
+    vocab_size: int
+    temperature: float
+    loss: PolicyLossConfig
+
+
+def update_policy(model, optimizer, batch: dict, settings: UpdateSettings) -> dict:
+    """One optimizer update per mini-batch of `batch` ([N, T] tensors, N divisible by
+    updates_per_step x micro_batch_size); returns the loss metrics (last pipeline stage) and
+    the gradient norm."""
+    from megatron.core import parallel_state as ps
+
+    n = batch["tokens"].shape[0]
+    per_update = n // settings.updates_per_step
+    keys = tuple(k for k in ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs") if k in batch)
+    collected, grad_norm = [], 0.0
+    for update_index in range(settings.updates_per_step):
+        rows = range(update_index * per_update, (update_index + 1) * per_update)
+        micro = micro_batches(batch, rows, settings.micro_batch_size, keys)
+        mask = batch["mask"][rows.start: rows.stop]
+        counts = torch.tensor([float(mask.sum()), float(mask.any(dim=1).sum())], device=mask.device)
+        dist.all_reduce(counts, group=ps.get_data_parallel_group())
+        # megatron divides each micro-batch loss by the number of micro-batches and DDP averages
+        # gradients over DP; the loss is already a share of the global mean, so undo both.
+        scale = len(micro) * ps.get_data_parallel_world_size()
+        loss_fn = _loss_fn(settings, counts[0].clamp(min=1), counts[1].clamp(min=1), scale)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr
+        model.zero_grad_buffer()
+        optimizer.zero_grad()
+        collected += run_pipeline(model, micro, loss_fn, forward_only=False)
+        _, grad_norm, _ = optimizer.step()
+    return _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0)}
+
+
+def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: float):
+    from srpo_megatron.algorithms.logprobs import vocab_parallel_entropy
+
+    def loss_fn(micro: dict, output: torch.Tensor):
+        logp = token_logprobs(output, micro["tokens"], settings.vocab_size, settings.temperature)  # [b, T]
+        loss, metrics = policy_loss(logp, micro["old_logprobs"], micro["advantages"], micro["mask"],
+                                    settings.loss, logp_ref=micro.get("ref_logprobs"),
+                                    global_num_tokens=global_tokens, global_num_sequences=global_sequences)
+        with torch.no_grad():
+            logits = mask_padded_vocab(output[:, :-1].float(), settings.vocab_size)  # [b, T-1, V/tp]
+            entropy = vocab_parallel_entropy(logits, settings.temperature)  # [b, T-1]
+            mask = micro["mask"][:, 1:]
+            metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        return loss * scale, metrics
+
+    return loss_fn
+
+
+def _mean_metrics(collected: list[dict]) -> dict:
+    """Micro-batch metrics -> step metrics: shares of the global mean add up, the rest average."""
+    if not collected:
+        return {}
+    summed = {"pg_loss", "kl_loss", "loss"}
+    out = {}
+    for key in collected[0]:
+        values = [float(m[key]) for m in collected]
+        out[key] = sum(values) if key in summed else sum(values) / len(values)
+    return out
