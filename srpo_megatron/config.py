@@ -137,6 +137,12 @@ class TrainConfig:
             raise ValueError(f"stages mix domains {missing} but data has no files for them")
         if not self.stages:
             raise ValueError("stages: configure at least one stage")
+        model_parallel = self.model.tensor_parallel * self.model.pipeline_parallel
+        if model_parallel % self.rollout.tensor_parallel_size:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={self.rollout.tensor_parallel_size} must divide "
+                f"model.tensor_parallel x model.pipeline_parallel = {model_parallel}: each model-parallel "
+                "group hosts whole rollout engines")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:

@@ -151,26 +151,35 @@ class Trainer:
     # ---- phases ---------------------------------------------------------------------------
 
     def rollout_and_score(self, prompts: dict[str, list[int]]) -> tuple[list[Sample], float]:
-        """This replica's prompts, split over its model-parallel ranks, then gathered."""
+        """This replica's prompts, split over its rollout engines, generated, scored, gathered.
+
+        The replica's TP x PP ranks form `shares` engines of `rollout.tensor_parallel_size` ranks
+        each; the ranks of one engine see the same prompts and the same seed.
+        """
         from megatron.core import parallel_state as ps
 
         mp_group = ps.get_model_parallel_group()
         mp_rank, mp_size = dist.get_rank(mp_group), dist.get_world_size(mp_group)
+        engine_size = self.config.rollout.tensor_parallel_size
+        share, shares = mp_rank // engine_size, mp_size // engine_size
         ordered = [(d, i) for d, ids in prompts.items() for i in ids]
-        mine = ordered[mp_rank::mp_size]
+        mine = ordered[share::shares]
         instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
         texts = [self.rows[d][i]["prompt"] + instructions[d] for d, i in mine]
-        # Reseed the sampler per (step, rank): a resumed run samples exactly what it would have.
-        torch.manual_seed(zlib.crc32(f"{self.config.training.seed}/{self.step}/{self.ctx.rank}".encode()))
+        # Reseed the sampler per (step, engine): a resumed run samples exactly what it would have.
+        seed_key = f"{self.config.training.seed}/{self.step}/{self.ctx.dp_rank}/{share}"
+        torch.manual_seed(zlib.crc32(seed_key.encode()))
         self.engine.wake_up()
         rollouts = self.engine.generate(texts) if texts else []
         self.engine.sleep()
         start = time.perf_counter()
+        leader = mp_rank % engine_size == 0  # one rank per engine scores and contributes
+        rollouts = rollouts if leader else []
         rows = [self.rows[mine[r.prompt_index][0]][mine[r.prompt_index][1]] for r in rollouts]
         scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
         reward_seconds = time.perf_counter() - start
         local = [
-            (mp_rank + mp_size * r.prompt_index, r.sample_index, Sample(
+            (share + shares * r.prompt_index, r.sample_index, Sample(
                 domain=row["domain"], row_index=mine[r.prompt_index][1], prompt_ids=r.prompt_token_ids,
                 response_ids=r.response_token_ids, rollout_logprobs=r.logprobs.tolist(),
                 truncated=r.finish_reason == "length", reward=s.reward, accuracy=s.accuracy,

@@ -31,7 +31,7 @@ class EvalConfig:
     model: str
     """HF model directory, or a Megatron checkpoint (has `srpo_model.json`; converted to a temporary HF dir)."""
     data: str
-    """Evaluation set: a local jsonl/json/parquet/csv file or a hub name `NAME[:SPLIT]`, in any schema
+    """Evaluation set: a local jsonl/json/parquet/csv file or a hub name `NAME[@CONFIG][:SPLIT]`, in any schema
     `preprocess.schemas` maps (AIME `Problem`/`Answer`, LiveCodeBench tests, this project's rows)."""
     domain: Literal["math", "code"]
     """How responses are graded: final answer via math-verify, or program against the tests."""

@@ -2,7 +2,8 @@
 
 Writes DIR/stage1_math.parquet, DIR/stage2_code.parquet and DIR/report.json (kept and dropped
 counts per reason); with --model also pass_rate/difficulty columns and DIR/difficulty.png; with
---keep-rejects DIR/rejects.jsonl. Prints the report's per-domain counts as one JSON line.
+--keep-rejects DIR/rejects.jsonl. Prints the report's per-domain counts as one JSON line. On GPU,
+grading runs vLLM with its external launcher: start under `torchrun --nproc-per-node=<tensor parallel size>`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from srpo_megatron.rewards.combine import RewardConfig
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m srpo_megatron.preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--math", nargs="+", default=[], metavar="FILE", help="math sets: files or hub NAME[:SPLIT]")
-    p.add_argument("--code", nargs="+", default=[], metavar="FILE", help="code sets: files or hub NAME[:SPLIT]")
+    p.add_argument("--math", nargs="+", default=[], metavar="FILE",
+                   help="math sets: local jsonl/json/parquet/csv files or hub NAME[@CONFIG][:SPLIT]")
+    p.add_argument("--code", nargs="+", default=[], metavar="FILE", help="code sets, same forms as --math")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--eval-sets", nargs="+", default=[], metavar="FILE", help="sets to decontaminate against")
     p.add_argument("--ngram", type=int, default=8, help="decontamination n-gram size in words (default 8)")

@@ -41,7 +41,7 @@ class PreprocessConfig:
     out_dir: str
     """Where the parquet files, report.json, the histogram and the rejects file go (created)."""
     math_files: list[str] = field(default_factory=list)
-    """Math datasets: local jsonl/json/parquet/csv files or hub names `NAME[:SPLIT]`."""
+    """Math datasets: local jsonl/json/parquet/csv files or hub names `NAME[@CONFIG][:SPLIT]`."""
     code_files: list[str] = field(default_factory=list)
     """Code datasets, same forms."""
     eval_files: list[str] = field(default_factory=list)

@@ -8,8 +8,9 @@ Recognised columns (case-insensitive; dotted names reach into nested dicts), fir
   a code row's `starter_code` is appended to its prompt;
 - math: `answer`, `final_answer`, `reward_model.ground_truth`; optional `solution` (reference solution);
 - code: `tests`, `input_output`, `test_cases`, `public_test_cases` (dict or JSON string; APPS/TACO
-  `{"inputs", "outputs"}` or a LiveCodeBench-style list of `{"input", "output"}`); `fn_name` (column
-  or inside the tests) for function-call tests; optional `solutions` (JSON list or list of programs)
+  `{"inputs", "outputs"}` or a LiveCodeBench-style list of `{"input", "output"}`; LiveCodeBench's
+  encoded `private_test_cases` are not read); `fn_name` (column, inside the tests, or
+  `metadata.func_name`) for function-call tests; optional `solutions` (JSON list or list of programs)
   or `solution`;
 - `id`, `unique_id`, `problem_id`, `question_id`, `task_id`, `extra_info.index`; `source`, `data_source`.
 
@@ -44,6 +45,7 @@ PROMPT_KEYS = ("prompt", "problem", "question", "question_content")
 ANSWER_KEYS = ("answer", "final_answer", "reward_model.ground_truth")
 MATH_SOLUTION_KEYS = ("solution",)
 TESTS_KEYS = ("tests", "input_output", "test_cases", "public_test_cases")
+FN_NAME_KEYS = ("fn_name", "metadata.func_name")
 CODE_SOLUTION_KEYS = ("solutions", "solution")
 ID_KEYS = ("id", "unique_id", "problem_id", "question_id", "task_id", "extra_info.index")
 SOURCE_KEYS = ("source", "data_source")
@@ -112,11 +114,11 @@ def dataset_name(spec: str) -> str:
     """Short name of a file or hub dataset, the `source` of rows that name none."""
     if Path(spec).suffix.lower() in _BUILDERS:
         return Path(spec).stem
-    return spec.partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
+    return spec.partition(":")[0].partition("@")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def load_table(spec: str, cache_dir: str | None = None):
-    """A `datasets.Dataset` from a local jsonl/json/parquet/csv file or a hub name `NAME[:SPLIT]`."""
+    """A `datasets.Dataset` from a local jsonl/json/parquet/csv file or a hub name `NAME[@CONFIG][:SPLIT]`."""
     import datasets
 
     path = Path(spec)
@@ -129,13 +131,14 @@ def load_table(spec: str, cache_dir: str | None = None):
                 raise FileNotFoundError(f"dataset file {spec} does not exist")
             return datasets.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train", cache_dir=cache_dir)
         name, _, split = spec.partition(":")
-        return datasets.load_dataset(name, split=split or "train", cache_dir=cache_dir)
+        name, _, subset = name.partition("@")
+        return datasets.load_dataset(name, subset or None, split=split or "train", cache_dir=cache_dir)
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever datasets raises, say which input it was
         raise ValueError(
             f"could not read dataset {spec!r} ({type(err).__name__}: {err}); local files need one of the "
-            f"extensions {sorted(_BUILDERS)}, hub datasets are given as NAME[:SPLIT]"
+            f"extensions {sorted(_BUILDERS)}, hub datasets are given as NAME[@CONFIG][:SPLIT]"
         ) from err
 
 
@@ -153,6 +156,9 @@ def read_problems(spec: str, domain: str, cache_dir: str | None = None) -> tuple
             problems.append(map_row(raw, domain, name, origin))
         except RowError as err:
             rejects.append(Reject(domain, err.reason, err.detail, origin, _raw_id(raw), dict(raw)))
+        except Exception as err:  # noqa: BLE001 - a row shape no check foresaw: count it, never stop the run
+            detail = f"{type(err).__name__}: {err}"
+            rejects.append(Reject(domain, "malformed", detail, origin, _raw_id(raw), dict(raw)))
     return problems, rejects
 
 
@@ -178,10 +184,19 @@ def _first(row: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
     for key in keys:
         value: Any = row
         for part in key.split("."):
+            if isinstance(value, str):  # nested JSON text, e.g. LiveCodeBench's `metadata`
+                value = _loads_or_none(value)
             value = value.get(part) if isinstance(value, Mapping) else None
         if value is not None:
             return key, value
     return keys[0], None
+
+
+def _loads_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -190,7 +205,7 @@ def _text_or_none(value: Any) -> str | None:
 
 def _raw_id(row: Mapping[str, Any]) -> str | None:
     value = _first({str(k).lower(): v for k, v in row.items()}, ID_KEYS)[1]
-    return str(value) if isinstance(value, (str, int)) and str(value).strip() else None
+    return (str(value).strip() or None) if isinstance(value, (str, int)) else None
 
 
 def _prompt(row: Mapping[str, Any]) -> str:
@@ -221,10 +236,10 @@ def _math_fields(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
 
 def _code_fields(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     key, value = _first(row, TESTS_KEYS)
-    tests = _normalise_tests(_decode_json(value, key), _first(row, ("fn_name",))[1], key)
+    tests = _normalise_tests(_decode_json(value, key), _first(row, FN_NAME_KEYS)[1], key)
     try:
         TestSuite.from_tests(tests)  # the reward's own parser: what it rejects, training would too
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise RowError("malformed", f"column {key!r}: {err}") from None
     return json.dumps(tests, ensure_ascii=False), _solutions(row)
 

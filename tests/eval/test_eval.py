@@ -108,7 +108,8 @@ def test_eval_rows_must_all_be_gradable(tmp_path) -> None:
 def test_cli_end_to_end_with_oracle_model(tiny_qwen, tmp_path) -> None:
     model = make_oracle_model(tiny_qwen, tmp_path / "oracle", "\\boxed{7}")
     data = tmp_path / "aime.jsonl"
-    rows = [{"ID": "p1", "Problem": "What is 3+4?", "Answer": "7"}, {"ID": "p2", "Problem": "What is 4+4?", "Answer": "8"},
+    rows = [{"ID": "p1", "Problem": "What is 3+4?", "Answer": "7"},
+            {"ID": "p2", "Problem": "What is 4+4?", "Answer": "8"},
             {"ID": "p3", "Problem": "What is 1+6?", "Answer": "7"}]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "result.json"

@@ -156,7 +156,8 @@ def test_rejects_file_names_each_row(run) -> None:
     by_id = {(r["domain"], r["id"]): r for r in rejects}
     assert len(rejects) == sum(report[d]["dropped"][k] for d in ("math", "code") for k in report[d]["dropped"])
     assert by_id[("math", "m-int")]["reason"] == "malformed" and "string" in by_id[("math", "m-int")]["detail"]
-    assert by_id[("math", "m-hang")]["reason"] == "solution_mismatch" and "within 3 s" in by_id[("math", "m-hang")]["detail"]
+    hang = by_id[("math", "m-hang")]
+    assert hang["reason"] == "solution_mismatch" and "did not finish within 3 s" in hang["detail"]
     assert by_id[("math", "m-dup")]["detail"].startswith("same text as m-ok")
     assert by_id[("code", "4")]["reason"] == "malformed" and "JSON" in by_id[("code", "4")]["detail"]
     assert by_id[("code", "3")]["detail"].startswith("solution 1: test 1/1: wrong answer")
@@ -198,6 +199,9 @@ def test_map_row_public_schemas() -> None:
                     "solutions": "def f(x): return x + 1"}, "code", "taco", "f:0")
     assert json.loads(taco.tests) == {"inputs": [[1]], "outputs": [2], "fn_name": "f"}
     assert taco.solutions == ("def f(x): return x + 1",) and taco.id == prompt_hash("Q")
+    lcb = map_row({"question_content": "Q", "public_test_cases": '[{"input": "1\\n2", "output": "3"}]',
+                   "metadata": '{"func_name": "add"}', "platform": "leetcode"}, "code", "lcb", "f:0")
+    assert json.loads(lcb.tests) == {"inputs": ["1\n2"], "outputs": ["3"], "fn_name": "add"}
     for row, reason in [
         ({"problem": "p", "answer": None}, "missing_answer"),
         ({"problem": "p", "answer": {"a": 1}}, "malformed"),
@@ -205,6 +209,7 @@ def test_map_row_public_schemas() -> None:
         ({"question": "p", "tests": {"inputs": [], "outputs": []}}, "missing_tests"),
         ({"question": "p", "tests": {"inputs": ["1"], "outputs": []}}, "malformed"),
         ({"question": "p", "tests": [{"in": 1}]}, "malformed"),
+        ({"question": "p", "tests": {"inputs": 5, "outputs": 5}}, "malformed"),
         ({"question": "p", "tests": {"inputs": ["1"], "outputs": ["1"]}, "solutions": [1]}, "malformed"),
     ]:
         domain = "math" if "problem" in row else "code"
@@ -216,6 +221,7 @@ def test_map_row_public_schemas() -> None:
 def test_dataset_names_and_read_errors(tmp_path) -> None:
     assert dataset_name("/data/DeepScaleR.parquet") == "DeepScaleR"
     assert dataset_name("BytedTsinghua-SIA/DAPO-Math-17k:train") == "DAPO-Math-17k"
+    assert dataset_name("EleutherAI/hendrycks_math@algebra:test") == "hendrycks_math"
     (tmp_path / "rows.txt").write_text("x")
     with pytest.raises(ValueError, match="rows.txt"):
         load_table(str(tmp_path / "rows.txt"), cache_dir=str(tmp_path / "c"))

@@ -1,0 +1,52 @@
+"""Run configs: the examples load; malformed configs fail naming the field."""
+
+import pytest
+
+from srpo_megatron.config import load_config
+
+
+@pytest.mark.parametrize("path", ["examples/tiny_cpu/config.yaml", "examples/qwen2.5-7b/train.yaml",
+                                  "examples/qwen2.5-32b/train.yaml"])
+def test_example_configs_load(path):
+    config = load_config(path)
+    assert [s.name for s in config.stages][0] == "stage1_math"
+    assert config.stages[0].mixture == {"math": 1.0} and "code" in config.stages[-1].mixture
+
+
+def test_published_srpo_hyperparameters_in_real_configs():
+    config = load_config("examples/qwen2.5-32b/train.yaml")
+    assert config.loss.kl_coef == 0.0 and config.loss.eps_low == config.loss.eps_high == 0.2
+    assert (config.optimizer.adam_beta1, config.optimizer.adam_beta2, config.optimizer.lr) == (0.9, 0.95, 1e-6)
+    assert config.data.prompts_per_step == 256 and config.rollout.n_samples_per_prompt == 32
+
+
+def test_overrides_apply():
+    config = load_config("examples/tiny_cpu/config.yaml", ["training.steps=3", "optimizer.lr=0.5"])
+    assert config.training.steps == 3 and config.optimizer.lr == 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.stepz=3", r"training: unknown key\(s\) \['stepz'\]; valid keys: \[.*'steps'"),
+    ("optimizer.lr=-1", r"optimizer.lr must be > 0"),
+    ("model.dtype=float16", r"model.dtype must be 'float32' or 'bfloat16'"),
+    ("rollout.top_p=0", r"top_p"),
+    ("rollout.tensor_parallel_size=2", r"rollout.tensor_parallel_size=2 must divide"),
+    ("data.code=[]", r"stages mix domains \['code'\] but data has no files"),
+])
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("examples/tiny_cpu/config.yaml", [override])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_data_row_without_answer_names_file_and_row(tmp_path):
+    from srpo_megatron.data.dataset import load_rows
+
+    path = tmp_path / "math.jsonl"
+    path.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?"}\n')
+    with pytest.raises(ValueError, match=r"math.jsonl row 1: a math row needs 'answer'"):
+        load_rows([str(path)], "math")
