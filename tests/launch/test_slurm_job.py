@@ -5,6 +5,7 @@ Each job runs torchrun from the training virtualenv, one rank per "node" (n1, n2
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -151,17 +152,44 @@ def test_sigterm_saves_requeues_and_resumes(slurm_cluster, tmp_path, free_port, 
     assert [(tmp_path / f"resumed{r}").read_text() for r in (0, 1)] == ["saved@0 resumed@1"] * 2
 
 
-@pytest.mark.skipif(
-    not (REPO / "srpo_megatron/train.py").exists(),
-    reason="the trainer (srpo_megatron/train.py) is not written yet",
-)
+TINY_RUN = """
+model: {{hf_path: {model}}}
+data: {{math: [{data}/math.jsonl], code: [{data}/code.jsonl], prompts_per_step: 2, math_instruction: "", code_instruction: ""}}
+stages:
+  - {{name: stage1_math, mixture: {{math: 1.0}}, steps: 1}}
+  - {{name: stage2_math_code, mixture: {{math: 0.5, code: 0.5}}, steps: 1}}
+rollout: {{n_samples_per_prompt: 2, max_response_tokens: 8, max_model_len: 128,
+          cpu_kvcache_space_gib: 0.25, dtype: float32, enforce_eager: true}}
+reward: {{math_workers: 1, code_workers: 1}}
+training: {{run_dir: {run}, steps: 2, micro_batch_size: 2}}
+"""
+
+
+def _tiny_run_config(tmp_path: Path, train_venv: Path) -> Path:
+    """A 2-step two-stage run on a freshly built tiny model (built with the training venv)."""
+    model, data = tmp_path / "model", tmp_path / "data"
+    subprocess.run([str(train_venv / "bin/python"), str(REPO / "tools/make_tiny_model.py"), "--out", str(model)],
+                   check=True, capture_output=True)
+    data.mkdir()
+    (data / "math.jsonl").write_text("".join(
+        json.dumps({"id": f"m{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    tests = {"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}
+    (data / "code.jsonl").write_text("".join(
+        json.dumps({"id": f"c{i}", "prompt": "Write add(a, b).", "tests": tests}) + "\n" for i in range(2)))
+    path = tmp_path / "train.yaml"
+    path.write_text(TINY_RUN.format(model=model, data=data, run=tmp_path / "run"))
+    return path
+
+
 def test_tiny_training_job_writes_checkpoint(slurm_cluster, tmp_path, free_port, train_venv):
     """(c) the real trainer on 2 nodes x 1 rank, submitted exactly as the CLI does."""
-    cfg = _tiny_config(tmp_path, free_port, train_venv)
-    ckpt_dir = tmp_path / "ckpt"
-    result = submit(cfg, trainer_task(cfg, [f"checkpoint.dir={ckpt_dir}"]))
+    train_config = _tiny_run_config(tmp_path, train_venv)
+    cfg = _tiny_config(tmp_path, free_port, train_venv, f"train_config={train_config}")
+    result = submit(cfg, trainer_task(cfg))
     job = _wait_finished(result, timeout=600)
     assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), _logs(result)
     # Each node's torchrun agent reports its rank's success in the shared srun log.
     assert _logs(result).count("Local worker group finished (WorkerState.SUCCEEDED)") == 2, _logs(result)
-    assert any(ckpt_dir.rglob("*")), f"no checkpoint under {ckpt_dir}\n{_logs(result)}"
+    metrics = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert (tmp_path / "run/checkpoints/step_000002/COMPLETE").exists(), _logs(result)
