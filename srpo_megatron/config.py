@@ -101,6 +101,11 @@ class TrainingConfig:
     seed: int = 1234
     history_resampling: bool = True
     """SRPO's epoch-level history resampling; False gives plain GRPO sampling."""
+    dynamic_sampling: bool = False
+    """DAPO's in-batch dynamic sampling (drop all-correct and all-wrong groups, draw more prompts
+    to refill), for comparison runs; usually with history_resampling false."""
+    dynamic_sampling_rounds: int = 3
+    """Extra prompt draws per step that dynamic sampling may make."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     reference_model: bool = False

@@ -27,7 +27,7 @@ from srpo_megatron.algorithms import compute_advantages
 from srpo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from srpo_megatron.config import TrainConfig
 from srpo_megatron.convert.mcore_io import CheckpointInfo
-from srpo_megatron.data import StageScheduler
+from srpo_megatron.data import DynamicSamplingFilter, StageScheduler
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
 from srpo_megatron.metrics import MetricsLogger, is_reflective, tokens_per_s
@@ -129,11 +129,9 @@ class Trainer:
     def train_step(self) -> dict:
         timer, step_start = PhaseTimer(), time.perf_counter()
         stage = self.scheduler.stage.name
-        prompts = self.scheduler.next_batch()
         with timer("t_rollout"):
-            samples, reward_seconds = self.rollout_and_score(prompts)
+            samples, reward_seconds, generated = self.collect_rollouts()
         timer.seconds["t_reward"] = reward_seconds
-        self.record_history(prompts, samples)
         batch = self.make_batch(samples)
         with timer("t_train"):
             self.add_old_logprobs(batch)
@@ -143,12 +141,46 @@ class Trainer:
         self.step += 1
         timer.seconds["t_step"] = time.perf_counter() - step_start
         metrics = self.step_metrics(stage, samples, batch, loss_metrics, timer.seconds)
+        metrics["rollouts"] = self._sum_over_replicas(generated)
         metrics["stage_changed"] = self.scheduler.update(self.step)
         if self.logger:
             self.logger.log(metrics)
         return metrics
 
     # ---- phases ---------------------------------------------------------------------------
+
+    def collect_rollouts(self) -> tuple[list[Sample], float, int]:
+        """Draw prompts, roll out, score and record history; with DAPO dynamic sampling, keep
+        only mixed-reward groups and draw more prompts to refill (a few rounds at most).
+
+        Returns the samples to train on, seconds spent scoring, and rollouts generated."""
+        prompts = self.scheduler.next_batch()
+        samples, reward_seconds = self.rollout_and_score(prompts)
+        self.record_history(prompts, samples)
+        generated = len(samples)
+        if not self.config.training.dynamic_sampling:
+            return samples, reward_seconds, generated
+        G = self.config.rollout.n_samples_per_prompt
+        dapo = DynamicSamplingFilter(len(samples) // G, G, self.config.training.dynamic_sampling_rounds)
+        decision = dapo.update(torch.tensor([s.reward for s in samples]))
+        kept = _keep_groups(samples, decision.keep, G)
+        # Every replica takes part in every round (the history record is a DP collective).
+        while self._sum_over_replicas(int(not decision.done)):
+            prompts = self.scheduler.next_batch()
+            more, seconds = self.rollout_and_score(prompts)
+            self.record_history(prompts, more)
+            generated, reward_seconds = generated + len(more), reward_seconds + seconds
+            if not decision.done:
+                decision = dapo.update(torch.tensor([s.reward for s in more]))
+                kept += _keep_groups(more, decision.keep, G)
+        return (kept or samples), reward_seconds, generated  # nothing informative: train on zeros
+
+    def _sum_over_replicas(self, value: int) -> int:
+        from megatron.core import parallel_state as ps
+
+        total = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+        return int(total.item())
 
     def rollout_and_score(self, prompts: dict[str, list[int]]) -> tuple[list[Sample], float]:
         """This replica's prompts, split over its rollout engines, generated, scored, gathered.
@@ -306,6 +338,10 @@ class Trainer:
     def close(self) -> None:
         self.scorer.close()
         self.engine.shutdown()
+
+
+def _keep_groups(samples: list[Sample], keep: torch.Tensor, group_size: int) -> list[Sample]:
+    return [s for i, s in enumerate(samples) if keep[i // group_size]]
 
 
 def _sample_metrics(items: list[tuple]) -> dict:

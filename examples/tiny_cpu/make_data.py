@@ -72,12 +72,12 @@ def _two_step(rng: random.Random) -> tuple[str, list[str], int]:
 
 
 MATH_KINDS: dict[str, tuple[float, Callable]] = {
-    "add_small": (0.15, _one_step((0, 9), "+", (0, 9))),
-    "add": (0.20, _one_step((10, 99), "+", (0, 99))),
-    "sub": (0.20, _one_step((0, 99), "-", (0, 60))),
+    "add_small": (0.30, _one_step((0, 9), "+", (0, 9))),
     "mul_small": (0.15, _one_step((2, 9), "*", (2, 9))),
+    "add": (0.15, _one_step((10, 99), "+", (0, 99))),
+    "sub": (0.15, _one_step((0, 99), "-", (0, 60))),
     "mul": (0.10, _one_step((10, 30), "*", (2, 9))),
-    "two_step": (0.20, _two_step),
+    "two_step": (0.15, _two_step),
 }
 MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.")
 

@@ -127,3 +127,17 @@ def test_plot_tool_writes_png(full_run, tmp_path):
 
     out = plot(full_run / "metrics.jsonl", tmp_path / "m.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dapo_dynamic_sampling_draws_extra_prompts(setup, tmp_path):
+    root, config = setup
+    run_dir = tmp_path / "dapo"
+    proc = _torchrun(config, run_dir, "training.dynamic_sampling=true", "training.history_resampling=false",
+                     "training.steps=1", "training.save_every=0", "training.dynamic_sampling_rounds=2")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    (metrics,) = _metrics(run_dir)
+    base = 4 * 4  # prompts_per_step x G
+    # either every trained group has mixed rewards, or the filter used its extra draws to look for them
+    assert metrics["zero_adv_frac"] == 0.0 or metrics["rollouts"] == base * 3, metrics
+    assert metrics["rollouts"] >= base
