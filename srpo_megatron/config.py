@@ -10,17 +10,15 @@ dataclass's own validation runs. Nothing here touches torch.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from srpo_megatron.algorithms.advantages import AdvantageConfig
 from srpo_megatron.algorithms.policy_loss import PolicyLossConfig
 from srpo_megatron.data.stages import StageConfig
 from srpo_megatron.rewards.combine import RewardConfig
 from srpo_megatron.rollout.types import RolloutConfig
+from srpo_megatron.structured import build
 
 
 @dataclass(frozen=True)
@@ -150,40 +148,6 @@ class TrainConfig:
                 "group hosts whole rollout engines")
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass `cls` from a plain mapping, naming the path of anything wrong."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{path or 'config'}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    kwargs = {name: _convert(hints[name], value, f"{path}.{name}" if path else name)
-              for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{path or 'config'}: {err}") from err
-
-
-def _convert(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if origin in (list, typing.List) and typing.get_args(hint):
-        if not isinstance(value, list):
-            raise ValueError(f"{path}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return value if value is None or len(options) != 1 else _convert(options[0], value, path)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply `a.b=value` overrides, build and validate `TrainConfig`."""
     from omegaconf import OmegaConf
@@ -198,7 +162,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     except OmegaConfBaseException as err:
         raise ValueError(f"{path}: {err}") from err
     try:
-        return _build(TrainConfig, data, "")
+        return build(TrainConfig, data, "")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 

@@ -26,7 +26,7 @@ def test_overrides_apply():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("training.stepz=3", r"training: unknown key\(s\) \['stepz'\]; valid keys: \[.*'steps'"),
+    ("training.stepz=3", r"training.stepz: unknown field; valid fields: .*steps"),
     ("optimizer.lr=-1", r"optimizer.lr must be > 0"),
     ("model.dtype=float16", r"model.dtype must be 'float32' or 'bfloat16'"),
     ("rollout.top_p=0", r"top_p"),

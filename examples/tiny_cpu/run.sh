@@ -6,7 +6,7 @@ OUT=${OUT:-runs/tiny_cpu}
 export PYTHONWARNINGS=ignore VLLM_LOGGING_LEVEL=WARNING
 .venv/bin/python examples/tiny_cpu/make_data.py --out "$OUT/data"
 .venv/bin/python tools/sft_warmup.py --data "$OUT/data" --out .cache/tiny-sft | tee "$OUT/sft.json"
-export SRPO_TINY_MODEL=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['out'])" "$OUT/sft.json")
+export SRPO_TINY_MODEL=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" "$OUT/sft.json")
 export SRPO_TINY_DATA="$OUT/data"
 rm -rf "$OUT/run"
 .venv/bin/torchrun --nproc-per-node 2 -m srpo_megatron.train --config examples/tiny_cpu/config.yaml \

@@ -7,16 +7,15 @@ every cluster. Validation names the field, the value and the fix. Pure Python: n
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from srpo_megatron.structured import build
 
 EXECUTORS = ("slurm", "local")
 TUNNELS = ("local", "ssh")
@@ -143,7 +142,7 @@ def load_launch_config(
         for item in sets:
             _apply_set(raw, item)
         raw = _interpolate(raw, os.environ if env is None else env, "")
-        cfg = _build(LaunchConfig, raw, "")
+        cfg = build(LaunchConfig, raw, "", LaunchConfigError)
         validate(cfg)
     except LaunchConfigError as err:
         raise LaunchConfigError(f"launch config {path}: {err}") from None
@@ -185,63 +184,6 @@ def _interpolate(value: Any, env: dict[str, str], where: str) -> Any:
         )
 
     return _ENV_REF.sub(substitute, value)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking names and types field by field."""
-    if not isinstance(data, dict):
-        raise LaunchConfigError(f"{where or 'top level'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise LaunchConfigError(
-            f"{where + '.' if where else ''}{unknown[0]}: unknown field; valid fields: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}" if where else name
-        if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise LaunchConfigError(f"{key}: required field is missing")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check `value` against a field type (str, int, bool, list[str], dict[str, str], Optional, dataclass)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise LaunchConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise LaunchConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _scalar_str(v, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise LaunchConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise LaunchConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    return _scalar_str(value, where)
-
-
-def _scalar_str(value: Any, where: str) -> str:
-    """Strings, and numbers written without quotes (`time: 10`, `NCCL_IB_TIMEOUT: 22`), as str."""
-    if isinstance(value, (dict, list)) or value is None:
-        raise LaunchConfigError(f"{where}: expected a string, got {value!r}")
-    return str(value)
 
 
 # --------------------------------------------------------------------------- validation
