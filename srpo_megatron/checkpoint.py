@@ -35,7 +35,23 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    from megatron.core import tensor_parallel
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
@@ -80,7 +96,5 @@ def load_checkpoint(path: str | Path, model, optimizer) -> dict:
     optimizer.load_state_dict(state["optimizer"])
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.exists():  # resuming on a different world size keeps the fresh RNG
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        _set_rng_state(torch.load(rng_file, weights_only=False))
     return json.loads((path / "trainer_state.json").read_text())

@@ -178,7 +178,7 @@ class Trainer:
     def _sum_over_replicas(self, value: int) -> int:
         from megatron.core import parallel_state as ps
 
-        total = torch.tensor([value], dtype=torch.long)
+        total = torch.tensor([value], dtype=torch.long, device=platform.device())  # NCCL needs CUDA
         dist.all_reduce(total, group=ps.get_data_parallel_group())
         return int(total.item())
 
@@ -323,7 +323,7 @@ class Trainer:
         self._stop_requested = True  # only a flag: torchrun may signal twice
 
     def _agree_to_stop(self) -> bool:
-        flag = torch.tensor([float(self._stop_requested)])
+        flag = torch.tensor([float(self._stop_requested)], device=platform.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self._stop_requested = bool(flag.item())
         return self._stop_requested
