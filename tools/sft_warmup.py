@@ -75,42 +75,32 @@ def _prompt_text(tokenizer, prompt: str, suffix: str) -> str:
     )
 
 
-def _examples(tokenizer, rows: list[dict], suffix: str) -> dict[str, list[tuple[list[int], list[int]]]]:
-    """(input ids, labels) per row, grouped by domain; labels are -100 on the prompt so only the
-    response is learned. Prompt and response are tokenised separately, as they are at rollout time."""
-    examples: dict[str, list] = {}
+def _examples(tokenizer, rows: list[dict], suffix: str) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per row; labels are -100 on the prompt so only the response is learned.
+    Prompt and response are tokenised separately, as they are at rollout time."""
+    examples = []
     for row in rows:
         prompt = tokenizer.encode(_prompt_text(tokenizer, row["prompt"], suffix), add_special_tokens=False)
         response = tokenizer.encode(row["response"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        examples.setdefault(row["domain"], []).append((prompt + response, [-100] * len(prompt) + response))
+        examples.append((prompt + response, [-100] * len(prompt) + response))
     return examples
 
 
-def _batch_order(examples: dict[str, list], batch_size: int, steps: int, generator) -> list[list]:
-    """`steps` batches from seeded epochs. Each batch holds one domain: math rows are half as long
-    as code rows, and mixing them would spend a third of the compute on padding."""
+def _batches(examples: list, batch_size: int, steps: int, seed: int, pad_id: int):
+    """`steps` right-padded (input ids, labels, attention mask) batches from seeded reshuffles.
+    Batches mix domains: one-domain batches would pad less but learned copying much later."""
     import torch
 
-    order: list[list] = []
-    while len(order) < steps:
-        epoch = []
-        for domain in sorted(examples):
-            rows = examples[domain]
-            perm = torch.randperm(len(rows), generator=generator).tolist()
-            epoch += [[rows[i] for i in perm[j : j + batch_size]] for j in range(0, len(rows), batch_size)]
-        order += [epoch[i] for i in torch.randperm(len(epoch), generator=generator).tolist()]
-    return order[:steps]
-
-
-def _batches(examples: dict[str, list], batch_size: int, steps: int, seed: int, pad_id: int):
-    """Right-padded (input ids, labels, attention mask) tensors for each batch of `_batch_order`."""
-    import torch
-
-    for picked in _batch_order(examples, batch_size, steps, torch.Generator().manual_seed(seed)):
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += torch.randperm(len(examples), generator=generator).tolist()
+        picked, order = [examples[i] for i in order[:batch_size]], order[batch_size:]
         width = max(len(ids) for ids, _ in picked)
-        ids = torch.full((len(picked), width), pad_id)
-        labels = torch.full((len(picked), width), -100)
-        mask = torch.zeros((len(picked), width), dtype=torch.long)
+        ids = torch.full((batch_size, width), pad_id)
+        labels = torch.full((batch_size, width), -100)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
         for i, (row_ids, row_labels) in enumerate(picked):
             ids[i, : len(row_ids)] = torch.tensor(row_ids)
             labels[i, : len(row_labels)] = torch.tensor(row_labels)

@@ -19,6 +19,7 @@ import json
 import random
 import string
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -79,13 +80,17 @@ MATH_KINDS: dict[str, tuple[float, Callable]] = {
     "mul": (0.10, _one_step((10, 30), "*", (2, 9))),
     "two_step": (0.15, _two_step),
 }
-MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.")
+SFT_MATH_WEIGHTS = {"add_small": 0.45, "mul_small": 0.35, "add": 0.05, "sub": 0.05, "mul": 0.05, "two_step": 0.05}
+"""The warm-up corpus is mostly single-digit facts: a tiny model memorises those within the time
+budget, so it starts RL right on the easy problems and mostly wrong on the hard ones."""
+MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.", "Evaluate {e}.",
+                  "Work out {e}.")
 
 
-def draw_math(rng: random.Random) -> Problem:
-    """One random arithmetic problem; the kind is drawn by its weight in `MATH_KINDS`."""
-    weights = [weight for weight, _ in MATH_KINDS.values()]
-    draw = rng.choices([fn for _, fn in MATH_KINDS.values()], weights=weights)[0]
+def draw_math(rng: random.Random, weights: dict[str, float] | None = None) -> Problem:
+    """One random arithmetic problem; the kind is drawn by `weights` (default: `MATH_KINDS`)."""
+    weights = weights or {kind: weight for kind, (weight, _) in MATH_KINDS.items()}
+    draw = MATH_KINDS[rng.choices(list(weights), weights=list(weights.values()))[0]][1]
     expression, steps, value = draw(rng)
     prompt = rng.choice(MATH_PHRASINGS).format(e=expression)
     # The space after <think> makes the operands the same tokens as in the prompt (" 37", not "37").
@@ -211,17 +216,20 @@ def draw_code(rng: random.Random) -> Problem:
 # Splits and files
 # ---------------------------------------------------------------------------------------------------
 
-def _draw_unique(rng: random.Random, draw: Callable, n: int, seen: set[str]) -> list[Problem]:
-    """`n` problems whose prompts are not in `seen` (which is updated): no prompt is in two splits."""
+def _draw_new(rng: random.Random, draw: Callable[[random.Random], Problem], n: int, seen: set[str],
+              distinct: bool) -> list[Problem]:
+    """`n` problems whose prompts are not in `seen`; with `distinct`, not repeated either, and added
+    to `seen`. So no prompt is in two splits (the SFT corpus may repeat its own easy prompts)."""
     problems: list[Problem] = []
     for _ in range(n * _MAX_DRAWS_PER_ROW):
         if len(problems) == n:
             return problems
         problem = draw(rng)
         if problem.row["prompt"] not in seen:
-            seen.add(problem.row["prompt"])
+            if distinct:
+                seen.add(problem.row["prompt"])
             problems.append(problem)
-    raise ValueError(f"only {len(problems)} distinct problems of {n} requested from {draw.__name__}; "
+    raise ValueError(f"only {len(problems)} new {problem.row['domain']} problems of {n} requested; "
                      "lower the split sizes")
 
 
@@ -230,11 +238,12 @@ def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft_math
     """`{(split, domain): [Problem]}` for split in train/eval/sft. Eval is drawn first, so its rows do
     not change when the train or SFT sizes do."""
     splits: dict = {}
-    n_sft = {"math": n_sft_math, "code": n_sft_code}
+    sft = {"math": (n_sft_math, partial(draw_math, weights=SFT_MATH_WEIGHTS)), "code": (n_sft_code, draw_code)}
     for offset, (domain, draw) in enumerate((("math", draw_math), ("code", draw_code))):
         rng, seen = random.Random(seed * 1000 + offset), set()
-        for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft[domain])):
-            splits[split, domain] = _draw_unique(rng, draw, n, seen)
+        splits["eval", domain] = _draw_new(rng, draw, n_eval, seen, distinct=True)
+        splits["train", domain] = _draw_new(rng, draw, n_train, seen, distinct=True)
+        splits["sft", domain] = _draw_new(rng, sft[domain][1], sft[domain][0], seen, distinct=False)
     return splits
 
 

@@ -58,13 +58,18 @@ def convert_mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_byt
     CheckpointInfo.read(ckpt_dir)  # fail early, naming the file, if this is not our checkpoint
     hf_meta = hf_config_dir(ckpt_dir)
     shape = model_shape(AutoConfig.from_pretrained(hf_meta))
+    owns_distributed = not torch.distributed.is_initialized()  # megatron's loader needs a group
     platform.init_distributed(1, 1)
-    writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes)
-    rules = layout.param_rules(shape)
-    total = sum(len(r.hf_names) * (shape.num_layers if r.per_layer else 1) for r in rules)
-    for name, tensor in tqdm(iter_checkpoint_hf_tensors(ckpt_dir, shape), total=total,
-                             desc="mcore-to-hf", unit="tensor", disable=None):
-        writer.add(name, tensor)
-    writer.close()
+    try:
+        writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes)
+        rules = layout.param_rules(shape)
+        total = sum(len(r.hf_names) * (shape.num_layers if r.per_layer else 1) for r in rules)
+        for name, tensor in tqdm(iter_checkpoint_hf_tensors(ckpt_dir, shape), total=total,
+                                 desc="mcore-to-hf", unit="tensor", disable=None):
+            writer.add(name, tensor)
+        writer.close()
+    finally:
+        if owns_distributed:
+            platform.destroy_distributed()
     copy_hf_metadata(hf_meta, out_dir)
     return Path(out_dir)
