@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 import zlib
 from dataclasses import dataclass
@@ -75,6 +76,10 @@ class Trainer:
         model_cfg, train_cfg = config.model, config.training
         self.ctx = platform.init_distributed(model_cfg.tensor_parallel, model_cfg.pipeline_parallel,
                                              seed=train_cfg.seed)
+        ctx = self.ctx
+        # One line per rank: on multi-node jobs it shows where every rank landed.
+        print(f"srpo rank {ctx.rank}/{ctx.world_size} host={socket.gethostname()} local_rank={ctx.local_rank} "
+              f"tp={ctx.tp_rank} pp={ctx.pp_rank} dp={ctx.dp_rank} device={platform.device()}", flush=True)
         self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
         self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
         self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}

@@ -39,13 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="directory written by examples/tiny_cpu/make_data.py")
     p.add_argument("--out", required=True, help="cache directory; the model goes to OUT/sft-<hash>")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps (fewer: less competent)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (fewer: less competent)")
     p.add_argument("--seed", type=int, default=0, help="model init, data order and sampling seed")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=256, help="hidden size; heads = hidden / 64")
     p.add_argument("--kv-heads", dest="kv_heads", type=int, default=2)
+    p.add_argument("--rope-theta", dest="rope_theta", type=float, default=10_000.0,
+                   help="RoPE base; below make_tiny_model's 1e6, copying names and operands was learned sooner")
     p.add_argument("--instruction-suffix", dest="instruction_suffix", default="",
                    help="appended to every prompt; must equal the rollout config's instruction_suffix")
     p.add_argument("--eval-rows", dest="eval_rows", type=int, default=100,
@@ -126,7 +128,7 @@ def train(model, tokenizer, rows: list[dict], args: argparse.Namespace) -> list[
     model.train()
     losses = []
     batches = _batches(examples, args.batch_size, args.steps, args.seed, tokenizer.pad_token_id)
-    with tqdm(batches, total=args.steps, desc="sft", unit="step", file=sys.stderr) as progress:
+    with tqdm(batches, total=args.steps, desc="sft", unit="step", file=sys.stderr, mininterval=1.0) as progress:
         for ids, labels, mask in progress:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
@@ -203,7 +205,7 @@ def _build(args: argparse.Namespace, final: Path) -> dict:
     scratch = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     base = make_tiny_model(scratch / "base", layers=args.layers, hidden=args.hidden, kv_heads=args.kv_heads,
-                           seed=args.seed)
+                           rope_theta=args.rope_theta, seed=args.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = _read_jsonl(Path(args.data) / "sft.jsonl")
