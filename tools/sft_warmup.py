@@ -4,8 +4,8 @@ A freshly initialised tiny model never produces a `\\boxed{}` answer or a code b
 scores 0 and group-relative advantages are all zero: RL has nothing to learn from. This tool trains
 a fresh `tools.make_tiny_model` model on correct solutions (`sft.jsonl` from
 `examples/tiny_cpu/make_data.py`) for a few hundred steps, stopping while it is still wrong on a good
-share of the RL train problems (which the warm-up never sees), and measures that share with the
-project's reward functions.
+share of the RL train problems (whose prompts the warm-up never sees), and measures that share with
+the project's reward functions, greedy and at temperature 1.
 
     python tools/sft_warmup.py --data .cache/tiny-data --out .cache/sft [--steps N --seed S]
 
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256, help="hidden size; heads = hidden / 64")
     p.add_argument("--kv-heads", dest="kv_heads", type=int, default=2)
     p.add_argument("--rope-theta", dest="rope_theta", type=float, default=10_000.0,
-                   help="RoPE base; below make_tiny_model's 1e6, copying names and operands was learned sooner")
+                   help="RoPE base; with it (not make_tiny_model's 1e6) copying names was learned sooner")
     p.add_argument("--instruction-suffix", dest="instruction_suffix", default="",
                    help="appended to every prompt; must equal the rollout config's instruction_suffix")
     p.add_argument("--eval-rows", dest="eval_rows", type=int, default=100,
@@ -128,8 +128,8 @@ def train(model, tokenizer, rows: list[dict], args: argparse.Namespace) -> list[
     model.train()
     losses = []
     batches = _batches(examples, args.batch_size, args.steps, args.seed, tokenizer.pad_token_id)
-    with tqdm(batches, total=args.steps, desc="sft", unit="step", file=sys.stderr, mininterval=1.0) as progress:
-        for ids, labels, mask in progress:
+    with tqdm(batches, total=args.steps, desc="sft", unit="step", file=sys.stderr, mininterval=1.0) as bar:
+        for ids, labels, mask in bar:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -137,7 +137,7 @@ def train(model, tokenizer, rows: list[dict], args: argparse.Namespace) -> list[
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())  # a host sync per step is free on CPU
-            progress.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
 
@@ -147,13 +147,14 @@ def generate(model, tokenizer, prompts: list[str], temperature: float, max_new_t
     """Responses for rendered prompts: greedy when `temperature` is 0, else plain sampling (no top-k/p)."""
     import torch
 
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
-        "do_sample": False}
+    sampling = {"do_sample": False}
+    if temperature:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     responses = []
     for start in range(0, len(prompts), batch_size):
+        # Left padding: generation continues every prompt from the right edge of the batch.
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False)
+                          padding_side="left", add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id, **sampling)
@@ -201,6 +202,7 @@ def _build(args: argparse.Namespace, final: Path) -> dict:
 
     from tools.make_tiny_model import make_tiny_model
 
+    begin = time.perf_counter()
     torch.set_num_threads(args.threads)
     scratch = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -215,15 +217,17 @@ def _build(args: argparse.Namespace, final: Path) -> dict:
     train_time = time.perf_counter() - start
     longest = max(len(tokenizer.encode(row["response"], add_special_tokens=False)) for row in rows)
     accuracy = measure_accuracy(model, tokenizer, args, longest + 16) if args.eval_rows else {}
+    measure_time = time.perf_counter() - start - train_time
+    shutil.rmtree(scratch / "base")
+    _save(model, tokenizer, scratch)
     head = max(1, len(losses) // 10)  # first/last 10% of steps: single-step losses are noisy
     info = {
         "model": str(final.resolve()), "steps": args.steps, "seed": args.seed,
-        "train_time_s": round(train_time, 1), "measure_time_s": round(time.perf_counter() - start - train_time, 1),
+        "train_time_s": round(train_time, 1), "measure_time_s": round(measure_time, 1),
+        "total_time_s": round(time.perf_counter() - begin, 1),
         "loss_first": round(sum(losses[:head]) / head, 4), "loss_last": round(sum(losses[-head:]) / head, 4),
         "accuracy": accuracy, "eval_rows": args.eval_rows,
     }
-    shutil.rmtree(scratch / "base")
-    _save(model, tokenizer, scratch)
     (scratch / INFO_FILE).write_text(json.dumps(info, indent=2))  # written last: marks a complete dir
     shutil.rmtree(final, ignore_errors=True)
     os.replace(scratch, final)
@@ -235,10 +239,11 @@ def run(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     for name in KEYED_FILES:
         if not (Path(args.data) / name).is_file():
-            raise SystemExit(f"--data {args.data} has no {name}; run examples/tiny_cpu/make_data.py --out {args.data}")
+            raise SystemExit(f"--data {args.data} has no {name}: run "
+                             f"`python examples/tiny_cpu/make_data.py --out {args.data}` first")
     final = Path(args.out) / f"sft-{cache_key(args)}"
-    if (final / INFO_FILE).is_file():
-        return {**json.loads((final / INFO_FILE).read_text()), "cached": True}
+    if (final / INFO_FILE).is_file():  # the cache directory may have moved since it was written
+        return {**json.loads((final / INFO_FILE).read_text()), "model": str(final.resolve()), "cached": True}
     final.parent.mkdir(parents=True, exist_ok=True)
     return {**_build(args, final), "cached": False}
 

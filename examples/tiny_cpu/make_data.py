@@ -4,12 +4,15 @@
 
 Writes `train_math.jsonl`, `train_code.jsonl`, `eval_math.jsonl`, `eval_code.jsonl` in the project's
 row schema (`id`, `domain`, `prompt`, `answer` | `tests`, `source`), plus `sft.jsonl`: solved problems
-(`prompt`, `response` in the format the rewards grade) for `tools/sft_warmup.py`. No problem appears in
-two files, so the warm-up never sees an RL or eval prompt and its accuracy there is generalisation.
+(`prompt`, `response` in the format the rewards grade) for `tools/sft_warmup.py`. No prompt appears in
+two files: the warm-up never sees an RL or eval prompt.
 
-Math is integer arithmetic with a difficulty range: single-digit sums (easy) up to two-step
-expressions and two-digit products (hard for a tiny model). Code is one-line functions from a family
-of templates, graded by function-call tests.
+Math is integer arithmetic with a difficulty range: single-digit sums and products (easy) up to
+two-step expressions and two-digit operands (hard for a tiny model). A tiny model cannot derive
+`7 + 8` from other sums, it memorises facts, so the warm-up corpus is mostly single-digit facts, which
+recur in the other files under other wordings. Code is one-line functions from a family of
+templates, graded by function-call tests; what carries over there is the template, with the
+function name, argument names and constants copied from the prompt.
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ def _two_step(rng: random.Random) -> tuple[str, list[str], int]:
     """`(a op1 b) op2 c`, parenthesised when precedence would otherwise change the order."""
     a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
     op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-    first, partial = _binary(a, op1, b)
-    second, value = _binary(partial, op2, c)
+    first, middle = _binary(a, op1, b)
+    second, value = _binary(middle, op2, c)
     left = f"({a} {op1} {b})" if op2 == "*" and op1 != "*" else f"{a} {op1} {b}"
     return f"{left} {op2} {c}", [first, second], value
 
@@ -80,11 +83,12 @@ MATH_KINDS: dict[str, tuple[float, Callable]] = {
     "mul": (0.10, _one_step((10, 30), "*", (2, 9))),
     "two_step": (0.15, _two_step),
 }
-SFT_MATH_WEIGHTS = {"add_small": 0.45, "mul_small": 0.35, "add": 0.05, "sub": 0.05, "mul": 0.05, "two_step": 0.05}
+SFT_MATH_WEIGHTS = {"add_small": 0.45, "mul_small": 0.35, "add": 0.05, "sub": 0.05, "mul": 0.05,
+                    "two_step": 0.05}
 """The warm-up corpus is mostly single-digit facts: a tiny model memorises those within the time
 budget, so it starts RL right on the easy problems and mostly wrong on the hard ones."""
-MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.", "Evaluate {e}.",
-                  "Work out {e}.")
+MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.",
+                  "Evaluate {e}.", "Work out {e}.")
 
 
 def draw_math(rng: random.Random, weights: dict[str, float] | None = None) -> Problem:
@@ -105,7 +109,6 @@ def draw_math(rng: random.Random, weights: dict[str, float] | None = None) -> Pr
 
 @dataclass(frozen=True)
 class CodeTemplate:
-    stem: str
     names: tuple[str, ...]
     """Function names the prompt may ask for (the tests call this name)."""
     kind: str
@@ -113,7 +116,9 @@ class CodeTemplate:
     phrase: str
     """What the function returns, with `{x}` / `{a}` `{b}` for argument names and `{k}` for a constant."""
     expr: str
+    """The returned expression as program text, with the same placeholders."""
     reference: Callable
+    """Computes the expected outputs; written separately from `expr`, so the tests check the program."""
     uses_k: bool = False
 
 
@@ -128,52 +133,52 @@ GENERIC_NAMES = ("f", "g", "solve", "compute", "func", "calc")
 """Names any template may get: the model has to copy the name from the prompt, not guess it."""
 
 CODE_TEMPLATES = (
-    CodeTemplate("double", ("double", "twice", "times_two"), "int1", "twice {x}", "2 * {x}", lambda x: 2 * x),
-    CodeTemplate("square", ("square", "sq", "squared"), "int1", "the square of {x}", "{x} * {x}", lambda x: x * x),
-    CodeTemplate("cube", ("cube", "cubed"), "int1", "the cube of {x}", "{x} ** 3", lambda x: x**3),
-    CodeTemplate("negate", ("negate", "neg", "opposite"), "int1", "the negation of {x}", "-{x}", lambda x: -x),
-    CodeTemplate("abs", ("absolute", "abs_value", "magnitude"), "int1", "the absolute value of {x}",
+    CodeTemplate(("double", "twice", "times_two"), "int1", "twice {x}", "2 * {x}", lambda x: 2 * x),
+    CodeTemplate(("square", "sq", "squared"), "int1", "the square of {x}", "{x} * {x}", lambda x: x * x),
+    CodeTemplate(("cube", "cubed"), "int1", "the cube of {x}", "{x} ** 3", lambda x: x**3),
+    CodeTemplate(("negate", "neg", "opposite"), "int1", "the negation of {x}", "-{x}", lambda x: -x),
+    CodeTemplate(("absolute", "abs_value", "magnitude"), "int1", "the absolute value of {x}",
                  "abs({x})", abs),
-    CodeTemplate("is_even", ("is_even", "even"), "int1", "True if {x} is even, else False", "{x} % 2 == 0",
+    CodeTemplate(("is_even", "even"), "int1", "True if {x} is even, else False", "{x} % 2 == 0",
                  lambda x: x % 2 == 0),
-    CodeTemplate("is_odd", ("is_odd", "odd"), "int1", "True if {x} is odd, else False", "{x} % 2 == 1",
+    CodeTemplate(("is_odd", "odd"), "int1", "True if {x} is odd, else False", "{x} % 2 == 1",
                  lambda x: x % 2 == 1),
-    CodeTemplate("is_positive", ("is_positive", "positive"), "int1", "True if {x} is greater than 0",
+    CodeTemplate(("is_positive", "positive"), "int1", "True if {x} is greater than 0",
                  "{x} > 0", lambda x: x > 0),
-    CodeTemplate("add_k", ("add_k", "plus_k", "shift"), "int1", "{x} plus {k}", "{x} + {k}",
+    CodeTemplate(("add_k", "plus_k", "shift"), "int1", "{x} plus {k}", "{x} + {k}",
                  lambda x, k: x + k, uses_k=True),
-    CodeTemplate("mul_k", ("scale", "mul_k", "times_k"), "int1", "{x} times {k}", "{x} * {k}",
+    CodeTemplate(("scale", "mul_k", "times_k"), "int1", "{x} times {k}", "{x} * {k}",
                  lambda x, k: x * k, uses_k=True),
-    CodeTemplate("mod_k", ("mod_k", "remainder"), "int1", "{x} modulo {k}", "{x} % {k}",
+    CodeTemplate(("mod_k", "remainder"), "int1", "{x} modulo {k}", "{x} % {k}",
                  lambda x, k: x % k, uses_k=True),
-    CodeTemplate("add", ("add", "add_numbers", "plus", "total"), "int2", "the sum of {a} and {b}",
+    CodeTemplate(("add", "add_numbers", "plus", "total"), "int2", "the sum of {a} and {b}",
                  "{a} + {b}", lambda a, b: a + b),
-    CodeTemplate("sub", ("sub", "subtract", "minus", "difference"), "int2", "{a} minus {b}", "{a} - {b}",
+    CodeTemplate(("sub", "subtract", "minus", "difference"), "int2", "{a} minus {b}", "{a} - {b}",
                  lambda a, b: a - b),
-    CodeTemplate("mul", ("mul", "multiply", "product", "times"), "int2", "the product of {a} and {b}",
+    CodeTemplate(("mul", "multiply", "product", "times"), "int2", "the product of {a} and {b}",
                  "{a} * {b}", lambda a, b: a * b),
-    CodeTemplate("max", ("larger", "maximum", "bigger"), "int2", "the larger of {a} and {b}", "max({a}, {b})",
+    CodeTemplate(("larger", "maximum", "bigger"), "int2", "the larger of {a} and {b}", "max({a}, {b})",
                  max),
-    CodeTemplate("min", ("smaller", "minimum", "lesser"), "int2", "the smaller of {a} and {b}",
+    CodeTemplate(("smaller", "minimum", "lesser"), "int2", "the smaller of {a} and {b}",
                  "min({a}, {b})", min),
-    CodeTemplate("absdiff", ("distance", "abs_diff", "gap"), "int2", "the absolute difference of {a} and {b}",
+    CodeTemplate(("distance", "abs_diff", "gap"), "int2", "the absolute difference of {a} and {b}",
                  "abs({a} - {b})", lambda a, b: abs(a - b)),
-    CodeTemplate("equal", ("same", "is_equal", "equal"), "int2", "True if {a} equals {b}, else False",
+    CodeTemplate(("same", "is_equal", "equal"), "int2", "True if {a} equals {b}, else False",
                  "{a} == {b}", lambda a, b: a == b),
-    CodeTemplate("floordiv", ("divide", "int_div", "quotient"), "int2_pos",
+    CodeTemplate(("divide", "int_div", "quotient"), "int2_pos",
                  "{a} divided by {b}, rounded down", "{a} // {b}", lambda a, b: a // b),
-    CodeTemplate("sum_list", ("sum_list", "list_total", "add_all"), "list", "the sum of the list {x}",
+    CodeTemplate(("sum_list", "list_total", "add_all"), "list", "the sum of the list {x}",
                  "sum({x})", sum),
-    CodeTemplate("max_list", ("max_list", "largest", "list_max"), "list", "the largest element of {x}",
+    CodeTemplate(("max_list", "largest", "list_max"), "list", "the largest element of {x}",
                  "max({x})", max),
-    CodeTemplate("len_list", ("count", "size", "length"), "list", "the number of elements in {x}",
+    CodeTemplate(("count", "size", "length"), "list", "the number of elements in {x}",
                  "len({x})", len),
-    CodeTemplate("first", ("first", "head"), "list", "the first element of {x}", "{x}[0]", lambda xs: xs[0]),
-    CodeTemplate("last", ("last", "tail_item"), "list", "the last element of {x}", "{x}[-1]",
+    CodeTemplate(("first", "head"), "list", "the first element of {x}", "{x}[0]", lambda xs: xs[0]),
+    CodeTemplate(("last", "tail_item"), "list", "the last element of {x}", "{x}[-1]",
                  lambda xs: xs[-1]),
-    CodeTemplate("upper", ("upper", "shout", "to_upper"), "str", "{x} in upper case", "{x}.upper()",
+    CodeTemplate(("upper", "shout", "to_upper"), "str", "{x} in upper case", "{x}.upper()",
                  str.upper),
-    CodeTemplate("str_len", ("str_len", "text_length", "n_chars"), "str", "the number of characters in {x}",
+    CodeTemplate(("str_len", "text_length", "n_chars"), "str", "the number of characters in {x}",
                  "len({x})", len),
 )
 
@@ -223,14 +228,16 @@ def _draw_new(rng: random.Random, draw: Callable[[random.Random], Problem], n: i
     problems: list[Problem] = []
     for _ in range(n * _MAX_DRAWS_PER_ROW):
         if len(problems) == n:
-            return problems
+            break
         problem = draw(rng)
         if problem.row["prompt"] not in seen:
             if distinct:
                 seen.add(problem.row["prompt"])
             problems.append(problem)
-    raise ValueError(f"only {len(problems)} new {problem.row['domain']} problems of {n} requested; "
-                     "lower the split sizes")
+    if len(problems) < n:
+        raise ValueError(f"only {len(problems)} new {problem.row['domain']} problems of {n} requested; "
+                         "lower the split sizes")
+    return problems
 
 
 def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft_math: int = 1200,
@@ -238,7 +245,8 @@ def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft_math
     """`{(split, domain): [Problem]}` for split in train/eval/sft. Eval is drawn first, so its rows do
     not change when the train or SFT sizes do."""
     splits: dict = {}
-    sft = {"math": (n_sft_math, partial(draw_math, weights=SFT_MATH_WEIGHTS)), "code": (n_sft_code, draw_code)}
+    sft = {"math": (n_sft_math, partial(draw_math, weights=SFT_MATH_WEIGHTS)),
+           "code": (n_sft_code, draw_code)}
     for offset, (domain, draw) in enumerate((("math", draw_math), ("code", draw_code))):
         rng, seen = random.Random(seed * 1000 + offset), set()
         splits["eval", domain] = _draw_new(rng, draw, n_eval, seen, distinct=True)
