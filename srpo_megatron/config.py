@@ -51,6 +51,10 @@ class DataConfig:
     """Code files (rows with `prompt` and `tests`)."""
     prompts_per_step: int = 8
     """B: prompts per optimizer step over all data-parallel ranks (SRPO: 256)."""
+    eval_math: list[str] = field(default_factory=list)
+    """Held-out math files, scored during training (see training.eval_every)."""
+    eval_code: list[str] = field(default_factory=list)
+    """Held-out code files, scored during training."""
     math_instruction: str = "\nPut your final answer within \\boxed{}."
     """Appended to every math problem before the chat template."""
     code_instruction: str = "\nWrite the solution in a single ```python code block."
@@ -104,6 +108,11 @@ class TrainingConfig:
     to refill), for comparison runs; usually with history_resampling false."""
     dynamic_sampling_rounds: int = 3
     """Extra prompt draws per step that dynamic sampling may make."""
+    eval_every: int = 0
+    """Score the held-out sets every N steps (0: never on a schedule); with held-out data they are
+    also scored before training, at the end of every stage and at the end."""
+    eval_samples: int = 4
+    """Samples per held-out problem (avg@k at the rollout temperature)."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     reference_model: bool = False

@@ -83,6 +83,8 @@ class Trainer:
         self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
         self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
         self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
+        self.eval_rows = {d: load_rows(files, d) for d, files in
+                          (("math", config.data.eval_math), ("code", config.data.eval_code)) if files}
         self.model, self.optimizer = build_policy(self.shape, model_cfg, config.optimizer, self.vocab_padded)
         wants_reference = config.loss.kl_coef > 0 or train_cfg.reference_model
         self.reference = build_reference(self.shape, model_cfg, self.vocab_padded) if wants_reference else None
@@ -119,6 +121,10 @@ class Trainer:
         signal.signal(signal.SIGTERM, self._request_stop)  # Slurm preemption: save, then exit
         total, started = self.config.training.steps, self.step
         stop_after = self.config.training.stop_after
+        if self.step == 0 and self.eval_rows:  # where the policy starts
+            baseline = {"step": 0, "stage": self.scheduler.stage.name, **self.evaluate()}
+            if self.logger:
+                self.logger.log(baseline)
         with tqdm(total=total, initial=self.step, desc="srpo", disable=self.ctx.rank != 0) as bar:
             while self.step < total:
                 metrics = self.train_step()
@@ -148,6 +154,8 @@ class Trainer:
         metrics = self.step_metrics(stage, samples, batch, loss_metrics, timer.seconds)
         metrics["rollouts"] = self._sum_over_replicas(generated)
         metrics["stage_changed"] = self.scheduler.update(self.step)
+        if self._should_evaluate(metrics["stage_changed"]):
+            metrics |= self.evaluate()
         if self.logger:
             self.logger.log(metrics)
         return metrics
@@ -282,6 +290,37 @@ class Trainer:
         lr = cfg.optimizer.lr * (min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
         return UpdateSettings(cfg.training.updates_per_step, cfg.training.micro_batch_size, lr,
                               self.shape.vocab_size, cfg.rollout.temperature or 1.0, cfg.loss)
+
+    def evaluate(self) -> dict:
+        """avg@k accuracy on the held-out sets; every rollout engine scores a share of them."""
+        engine_size = self.config.rollout.tensor_parallel_size
+        share, shares = self.ctx.rank // engine_size, self.ctx.world_size // engine_size
+        items = [(d, i) for d, rows in self.eval_rows.items() for i in range(len(rows))][share::shares]
+        instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
+        texts = [self.eval_rows[d][i]["prompt"] + instructions[d] for d, i in items]
+        torch.manual_seed(zlib.crc32(f"eval/{self.config.training.seed}/{self.step}/{share}".encode()))
+        self.engine.wake_up()
+        rollouts = self.engine.generate(texts, n=self.config.training.eval_samples) if texts else []
+        self.engine.sleep()
+        if self.ctx.rank % engine_size:
+            rollouts = []  # one rank per engine reports
+        rows = [self.eval_rows[items[r.prompt_index][0]][items[r.prompt_index][1]] for r in rollouts]
+        scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
+        domains = sorted(self.eval_rows)
+        totals = torch.zeros(2 * len(domains), dtype=torch.float64, device=platform.device())
+        for row, score in zip(rows, scores):
+            index = domains.index(row["domain"])
+            totals[2 * index] += score.accuracy
+            totals[2 * index + 1] += 1
+        dist.all_reduce(totals)
+        return {f"eval/accuracy/{d}": (totals[2 * i] / totals[2 * i + 1].clamp(min=1)).item()
+                for i, d in enumerate(domains)}
+
+    def _should_evaluate(self, stage_changed: bool) -> bool:
+        if not self.eval_rows:
+            return False
+        every = self.config.training.eval_every
+        return stage_changed or self.step == self.config.training.steps or bool(every and self.step % every == 0)
 
     # ---- metrics and checkpoints ----------------------------------------------------------
 

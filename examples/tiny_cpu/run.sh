@@ -15,8 +15,11 @@ rm -rf "$OUT/run"
 .venv/bin/python - "$OUT/run/metrics.jsonl" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
-for stage in dict.fromkeys(m["stage"] for m in lines):
-    acc = [m["accuracy"] for m in lines if m["stage"] == stage]
-    k = max(1, len(acc) // 3)
-    print(f"{stage}: accuracy first {k} steps {sum(acc[:k]) / k:.3f} -> last {k} steps {sum(acc[-k:]) / k:.3f}")
+evals = [m for m in lines if any(k.startswith("eval/") for k in m)]
+print("held-out accuracy (avg@k at temperature 1):")
+for m in evals:
+    scores = "  ".join(f"{k[len('eval/accuracy/'):]} {v:.3f}" for k, v in sorted(m.items()) if k.startswith("eval/"))
+    where = "start" if m["step"] == 0 else f"after step {m['step']} ({m['stage']})"
+    print(f"  {where:<34} {scores}")
 PY
+echo "plot: $OUT/run/metrics.png"
