@@ -6,7 +6,7 @@ training-batch accuracy is biased under resampling (the pool drops solved prompt
 target held-out accuracy, the accuracy curve, and the zero-advantage group fraction over training;
 writes a PNG next to `--out`.
 
-    .venv/bin/python benchmarks/srpo_vs_grpo.py [--steps 32 --eval-every 4 --target 0.5 --out runs/srpo_vs_grpo.json]
+    .venv/bin/python benchmarks/srpo_vs_grpo.py [--stage-steps 36 12 --eval-every 6 --target 0.48 --out runs/srpo_vs_grpo.json]
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ METHODS = {
 
 def run_method(name: str, env: dict, root: Path, args) -> dict:
     """Train one method; the trainer scores the held-out sets every `eval_every` steps."""
+    first, second = args.stage_steps
+    stages = (f"stages=[{{name: stage1_math, mixture: {{math: 1.0}}, steps: {first}}}, "
+              f"{{name: stage2_math_code, mixture: {{math: 0.5, code: 0.5}}, steps: {second}}}]")
     metrics = train(env, root / name, METHODS[name] + [
-        f"training.steps={args.steps}", f"training.eval_every={args.eval_every}", "training.save_every=0"])
+        stages, f"training.steps={first + second}", f"training.eval_every={args.eval_every}",
+        "training.save_every=0"])
     curve = {m["step"]: m[f"eval/accuracy/{args.domain}"] for m in metrics if f"eval/accuracy/{args.domain}" in m}
     steps = [m for m in metrics if "rollouts" in m]
     rollouts, cumulative = {0: 0}, 0
@@ -65,7 +69,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--stage-steps", nargs=2, type=int, default=[36, 12], metavar=("STAGE1", "STAGE2"),
+                        help="steps per stage; history resampling needs epochs to end (300 prompts / 16 per step)")
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--domain", choices=["math", "code"], default="math", help="held-out set for the target")
     parser.add_argument("--target", type=float, default=0.5)
@@ -77,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = prepare(Path(tmp))
         results = {name: run_method(name, env, Path(tmp), args) for name in args.methods}
-    summary = {"target": args.target, "steps": args.steps, "methods": results}
+    summary = {"target": args.target, "stage_steps": args.stage_steps, "methods": results}
     out.write_text(json.dumps(summary, indent=2))
     plot(results, out.with_suffix(".png"))
     print(json.dumps(summary))
