@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch.distributed as dist
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,15 +68,11 @@ def bench_rank(hf_dir: str, repeats: int, out_file: str, scratch: str) -> None:
         dist.barrier()
         naive_times.append(time.perf_counter() - start)
     if ctx.rank == 0:
-        model_bytes = sum(t.numel() * t.element_size() for _, t in iter_full_hf_weights(model, shape, vocab))
         Path(out_file).write_text(json.dumps({
             "sync_s": statistics.median(sync_times), "naive_s": statistics.median(naive_times),
-            "bytes_moved": stats.bytes_moved, "model_bytes": model_bytes, "buckets": stats.buckets,
+            "bytes_moved": stats.bytes_moved, "buckets": stats.buckets,
             "gather_only_s": statistics.median(gather_times), "sync_runs_s": sync_times, "naive_runs_s": naive_times,
         }))
-    else:
-        for _ in iter_full_hf_weights(model, shape, vocab):  # rank 0's model_bytes pass is collective
-            pass
     engine.shutdown()
 
 
@@ -93,11 +90,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = make_tiny_model(Path(tmp) / "hf", hidden=args.hidden, layers=args.layers, ffn=args.ffn,
                                  kv_heads=4, bias_std=0.0)
-        params = sum(p.numel() for p in __import__("safetensors.torch").torch.load_file(
-            str(hf_dir / "model.safetensors")).values())
+        tensors = load_file(str(hf_dir / "model.safetensors")).values()
+        params = sum(t.numel() for t in tensors)
+        model_bytes = sum(t.numel() * t.element_size() for t in tensors)  # what vLLM must receive
         out = Path(tmp) / "result.json"
         platform.spawn(bench_rank, 2, str(hf_dir), args.repeats, str(out), tmp)
-        result = json.loads(out.read_text()) | {"parameters": params, "megatron_tp": 2}
+        result = json.loads(out.read_text()) | {"model_bytes": model_bytes, "parameters": params, "megatron_tp": 2}
     result["sync_over_naive"] = result["sync_s"] / result["naive_s"]
     print(json.dumps(result))
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from srpo_megatron.convert.hf_io import copy_hf_metadata
-from srpo_megatron.convert.mcore_io import HF_SUBDIR, CheckpointInfo
+from srpo_megatron.convert.mcore_io import CheckpointInfo, write_model_metadata
 
 COMPLETE = "COMPLETE"
 
@@ -72,8 +71,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
-        info.write(tmp)
-        copy_hf_metadata(hf_dir, tmp / HF_SUBDIR)
+        write_model_metadata(tmp, info, hf_dir)
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
         (tmp / COMPLETE).write_text(str(step))
         shutil.rmtree(final, ignore_errors=True)

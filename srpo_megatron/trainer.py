@@ -209,20 +209,10 @@ class Trainer:
         share, shares = mp_rank // engine_size, mp_size // engine_size
         ordered = [(d, i) for d, ids in prompts.items() for i in ids]
         mine = ordered[share::shares]
-        instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
-        texts = [self.rows[d][i]["prompt"] + instructions[d] for d, i in mine]
         # Reseed the sampler per (step, engine): a resumed run samples exactly what it would have.
         seed_key = f"{self.config.training.seed}/{self.step}/{self.ctx.dp_rank}/{share}"
-        torch.manual_seed(zlib.crc32(seed_key.encode()))
-        self.engine.wake_up()
-        rollouts = self.engine.generate(texts) if texts else []
-        self.engine.sleep()
-        start = time.perf_counter()
-        leader = mp_rank % engine_size == 0  # one rank per engine scores and contributes
-        rollouts = rollouts if leader else []
-        rows = [self.rows[mine[r.prompt_index][0]][mine[r.prompt_index][1]] for r in rollouts]
-        scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
-        reward_seconds = time.perf_counter() - start
+        rollouts, rows, scores, reward_seconds = self._generate_and_score(
+            self.rows, mine, None, seed_key, leader=mp_rank % engine_size == 0)
         local = [
             (share + shares * r.prompt_index, r.sample_index, Sample(
                 domain=row["domain"], row_index=mine[r.prompt_index][1], prompt_ids=r.prompt_token_ids,
@@ -235,6 +225,24 @@ class Trainer:
         dist.all_gather_object(gathered, local, group=mp_group)
         merged = sorted((item for part in gathered for item in part), key=lambda item: item[:2])
         return [sample for _, _, sample in merged], reward_seconds
+
+    def _generate_and_score(self, rows_by_domain: dict[str, list[dict]], items: list[tuple[str, int]],
+                            n: int | None, seed_key: str, leader: bool):
+        """Sample this engine's `items` ((domain, row index) pairs) and score them on the engine's
+        leader rank (the other ranks of a vLLM TP group return nothing).
+
+        Returns (rollouts, their rows, their scores, seconds spent scoring)."""
+        instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
+        texts = [rows_by_domain[d][i]["prompt"] + instructions[d] for d, i in items]
+        torch.manual_seed(zlib.crc32(seed_key.encode()))
+        self.engine.wake_up()
+        rollouts = self.engine.generate(texts, n=n) if texts else []
+        self.engine.sleep()
+        start = time.perf_counter()
+        rollouts = rollouts if leader else []
+        rows = [rows_by_domain[items[r.prompt_index][0]][items[r.prompt_index][1]] for r in rollouts]
+        scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
+        return rollouts, rows, scores, time.perf_counter() - start
 
     def record_history(self, prompts: dict[str, list[int]], samples: list[Sample]) -> None:
         """Per-prompt rollout correctness into the history-resampling sampler (collective)."""
@@ -296,16 +304,9 @@ class Trainer:
         engine_size = self.config.rollout.tensor_parallel_size
         share, shares = self.ctx.rank // engine_size, self.ctx.world_size // engine_size
         items = [(d, i) for d, rows in self.eval_rows.items() for i in range(len(rows))][share::shares]
-        instructions = {"math": self.config.data.math_instruction, "code": self.config.data.code_instruction}
-        texts = [self.eval_rows[d][i]["prompt"] + instructions[d] for d, i in items]
-        torch.manual_seed(zlib.crc32(f"eval/{self.config.training.seed}/{self.step}/{share}".encode()))
-        self.engine.wake_up()
-        rollouts = self.engine.generate(texts, n=self.config.training.eval_samples) if texts else []
-        self.engine.sleep()
-        if self.ctx.rank % engine_size:
-            rollouts = []  # one rank per engine reports
-        rows = [self.eval_rows[items[r.prompt_index][0]][items[r.prompt_index][1]] for r in rollouts]
-        scores = self.scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else []
+        _, rows, scores, _ = self._generate_and_score(
+            self.eval_rows, items, self.config.training.eval_samples,
+            f"eval/{self.config.training.seed}/{self.step}/{share}", leader=self.ctx.rank % engine_size == 0)
         domains = sorted(self.eval_rows)
         totals = torch.zeros(2 * len(domains), dtype=torch.float64, device=platform.device())
         for row, score in zip(rows, scores):

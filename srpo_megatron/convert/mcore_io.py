@@ -46,7 +46,13 @@ def hf_config_dir(ckpt_dir: str | Path) -> Path:
     return Path(ckpt_dir) / HF_SUBDIR
 
 
-def save_model(model, ckpt_dir: str | Path, info: CheckpointInfo, hf_dir: str | Path | None) -> None:
+def write_model_metadata(ckpt_dir: Path, info: CheckpointInfo, hf_dir: str | Path) -> None:
+    """What makes a directory of megatron shards a model checkpoint we can rebuild and export."""
+    info.write(ckpt_dir)
+    copy_hf_metadata(hf_dir, hf_config_dir(ckpt_dir))
+
+
+def save_model(model, ckpt_dir: str | Path, info: CheckpointInfo, hf_dir: str | Path) -> None:
     """Collective over all ranks: write the model's shards, then rank 0 writes the metadata."""
     from megatron.core import dist_checkpointing
 
@@ -54,9 +60,7 @@ def save_model(model, ckpt_dir: str | Path, info: CheckpointInfo, hf_dir: str | 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dist_checkpointing.save(model.sharded_state_dict(), str(ckpt_dir))
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        info.write(ckpt_dir)
-        if hf_dir is not None:
-            copy_hf_metadata(hf_dir, hf_config_dir(ckpt_dir))
+        write_model_metadata(ckpt_dir, info, hf_dir)
 
 
 def load_model(model, ckpt_dir: str | Path) -> None:
