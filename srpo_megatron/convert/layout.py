@@ -149,14 +149,18 @@ def shard(rule: ParamRule, full: torch.Tensor, tp_rank: int, tp_size: int) -> to
     return full.chunk(tp_size, dim=rule.tp_dim)[tp_rank]
 
 
-def unshard(rule: ParamRule, shards: list[torch.Tensor]) -> torch.Tensor:
-    """Inverse of `shard`: the full tensor from all TP ranks' slices (in rank order)."""
-    if rule.tp_dim is None or len(shards) == 1:
-        return shards[0]
-    if rule.kind == "fc1":
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
-    return torch.cat(shards, dim=rule.tp_dim)
+def unshard(rule: ParamRule, stacked: torch.Tensor) -> torch.Tensor:
+    """Inverse of `shard`: the full tensor from all TP ranks' slices stacked in rank order
+    ([tp, *shard_shape], what an all-gather into one tensor produces). Row-split parameters
+    come back as a view of `stacked`, without a copy."""
+    tp = stacked.shape[0]
+    if rule.tp_dim is None or tp == 1:
+        return stacked[0]
+    if rule.kind == "fc1":  # each shard is [gate_i; up_i] -> [gate_0..gate_n; up_0..up_n]
+        return stacked.unflatten(1, (2, -1)).transpose(0, 1).flatten(0, 2)
+    if rule.tp_dim == 0:
+        return stacked.flatten(0, 1)
+    return stacked.movedim(0, rule.tp_dim).flatten(rule.tp_dim, rule.tp_dim + 1)
 
 
 def rules_by_name(shape: ModelShape) -> dict[str, ParamRule]:

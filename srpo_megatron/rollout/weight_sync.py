@@ -1,8 +1,8 @@
 """Weight sync: the Megatron policy (TP x PP shards) -> the rollout engine (HF layout), every step.
 
 For each parameter, in model order: the owning pipeline stage gathers its TP shards into the full
-Megatron tensor, broadcasts it to the other stages, and every rank converts it to HF names and
-layout with `convert.layout` (the same rules the checkpoint converter uses). Tensors are packed
+Megatron tensor (`tp_gather`: NCCL on GPU, shared memory within a CPU host), broadcasts it to the
+other stages, and every rank converts it to HF names and layout with `convert.layout` (the same rules the checkpoint converter uses). Tensors are packed
 into buckets of bounded size and handed to the engine bucket by bucket, so the extra memory a
 sync needs is one bucket (at least one transformer layer), never a second copy of the model.
 
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from srpo_megatron.convert import layout
 from srpo_megatron.convert.hf_to_mcore import layer_offset
 from srpo_megatron.models.hf_config import ModelShape
+from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
 
 
 @dataclass
@@ -55,7 +56,7 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> It
     """Yield (hf_name, full tensor) on every rank; a collective over the TP and PP groups."""
     from megatron.core import parallel_state as ps
 
-    tp_group, tp_size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
+    gather = tensor_parallel_gather()
     pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     params = _local_params(model, shape)
     dtype = next(iter(params.values())).dtype
@@ -64,12 +65,7 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> It
         owner = _owner_stage(rule, layer, shape, pp_size)
         if owner == pp_rank:
             local = params[(rule.name, layer)].detach()
-            if rule.tp_dim is not None and tp_size > 1:
-                shards = [torch.empty_like(local) for _ in range(tp_size)]
-                dist.all_gather(shards, local.contiguous(), group=tp_group)
-                full = layout.unshard(rule, shards)
-            else:
-                full = local
+            full = layout.unshard(rule, gather(local)) if rule.tp_dim is not None else local
         else:
             full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), dtype=dtype, device=device)
         if pp_size > 1:

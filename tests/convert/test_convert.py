@@ -98,3 +98,15 @@ def test_corrupt_hf_checkpoint_is_named(tiny_qwen, tmp_path, capsys):
 def test_not_a_checkpoint_is_named(tmp_path, capsys):
     assert convert_main(["mcore-to-hf", "--mcore", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "srpo_model.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, tp_dim", [("copy", 0), ("copy", 1), ("qkv", 0), ("fc1", 0), ("vocab", 0)])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_unshard_inverts_shard(kind, tp_dim, tp):
+    """What the weight sync rebuilds from gathered TP slices is exactly the full tensor."""
+    from srpo_megatron.convert import layout
+
+    rule = layout.ParamRule("x", ("y",), kind, tp_dim)
+    full = torch.randn(16, 8)
+    stacked = torch.stack([layout.shard(rule, full, rank, tp) for rank in range(tp)])
+    assert torch.equal(layout.unshard(rule, stacked), full)

@@ -29,9 +29,16 @@ def sync_rank(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
     from srpo_megatron.models import build_model, model_shape, padded_vocab_size
     from srpo_megatron.models.forward import compute_logprobs
     from srpo_megatron.rollout import RolloutConfig, RolloutEngine
+    from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
     from srpo_megatron.rollout.weight_sync import sync_weights
 
     ctx = platform.init_distributed(tp, pp)
+    gather = tensor_parallel_gather()
+    shard = torch.arange(6.0).reshape(2, 3) + 10 * ctx.tp_rank
+    gathered = gather(shard)
+    expected = torch.stack([torch.arange(6.0).reshape(2, 3) + 10 * r for r in range(tp)])
+    # one host, vLLM's CPU build: TP shards travel through shared memory, not gloo
+    gather_ok = torch.equal(gathered, expected) and gather.uses_shared_memory == (tp > 1)
     shape = model_shape(AutoConfig.from_pretrained(hf_dir))
     vocab_padded = padded_vocab_size(shape.vocab_size, tp)
     model = build_model(shape, tp, pp, initialize=False, vocab_size_padded=vocab_padded)
@@ -48,7 +55,8 @@ def sync_rank(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
         megatron = compute_logprobs(model, [{"tokens": sequences}], shape.vocab_size)
         if ctx.is_last_pp_stage:
             diff = (megatron[0][:, 1:] - vllm).abs().max().item()
-            results.append({"diff": diff, "buckets": stats.buckets, "bytes": stats.bytes_moved})
+            results.append({"diff": diff, "buckets": stats.buckets, "bytes": stats.bytes_moved,
+                            "gather_ok": gather_ok})
     samples = engine.generate(["What is 1 + 1?", "Compute 2 * 3."], n=3)
     if ctx.is_last_pp_stage:
         results.append({"samples": len(samples), "prompt_index": [s.prompt_index for s in samples]})
@@ -67,4 +75,5 @@ def test_sync_makes_vllm_equal_megatron(tiny_qwen, tmp_path, tp, pp):
         first, second, generation = rank_results
         assert first["diff"] < 1e-4 and second["diff"] < 1e-4, rank_results
         assert first["buckets"] > 1  # small buckets: the stream was split
+        assert first["gather_ok"]
         assert generation["samples"] == 6 and generation["prompt_index"] == [0, 0, 0, 1, 1, 1]
