@@ -111,7 +111,7 @@ class Trainer:
         state = load_checkpoint(path, self.model.module, self.optimizer)
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
-        sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
+        self.sync()
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class Trainer:
             self.add_old_logprobs(batch)
             loss_metrics = update_policy(self.model, self.optimizer, batch, self._update_settings())
         with timer("t_sync"):
-            sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
+            self.sync()
         self.step += 1
         timer.seconds["t_step"] = time.perf_counter() - step_start
         metrics = self.step_metrics(stage, samples, batch, loss_metrics, timer.seconds)
@@ -161,6 +161,12 @@ class Trainer:
         return metrics
 
     # ---- phases ---------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """The new policy -> the rollout engine. Only the weights wake up for it: the KV cache
+        comes back with the next generate, so it never shares memory with the swap."""
+        self.engine.wake_up(["weights"])
+        sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded)
 
     def collect_rollouts(self) -> tuple[list[Sample], float, int]:
         """Draw prompts, roll out, score and record history; with DAPO dynamic sampling, keep

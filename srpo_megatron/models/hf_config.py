@@ -177,7 +177,7 @@ def transformer_config(
         bias_activation_fusion=use_te,
         masked_softmax_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
-        persist_layer_norm=on_gpu,
+        persist_layer_norm=False,  # an Apex kernel option; megatron's torch norm (no TE/Apex) rejects it
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         attention_softmax_in_fp32=True,

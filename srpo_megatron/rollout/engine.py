@@ -46,6 +46,7 @@ class RolloutEngine:
         self._on_cpu = _vllm_platform_is_cpu()
         self._llm: LLM | None = _build_llm(str(Path(model_path)), config, self._on_cpu)
         self._tokenizer = self._llm.get_tokenizer()
+        self._asleep: set[str] = set()
 
     @property
     def llm(self) -> LLM:
@@ -66,6 +67,7 @@ class RolloutEngine:
         token-id prompt is used verbatim.
         """
         n = self.config.n_samples_per_prompt if n is None else n
+        self._require_awake("generate", ("weights", "kv_cache"))
         if n < 1:
             raise ValueError(f"generate: n must be >= 1 (got {n})")
         if not prompts:
@@ -82,6 +84,7 @@ class RolloutEngine:
         """
         from vllm import SamplingParams
 
+        self._require_awake("prompt_logprobs", ("weights", "kv_cache"))
         for i, seq in enumerate(sequences):
             if len(seq) == 0:
                 raise ValueError(f"prompt_logprobs: sequence {i} is empty")
@@ -108,6 +111,7 @@ class RolloutEngine:
         - do not overwrite a yielded tensor before this call returns (vLLM may still hold it);
         - with vLLM TP > 1 every rank yields the full tensors: vLLM's loaders shard them.
         """
+        self._require_awake("load_weights", ("weights",))
         # In-process executors call the worker method directly (no pickling), which is what
         # lets a live generator cross this call. Worker.reload_weights wraps
         # model_runner.reload_weights(weights_iterator=...) in the engine's config context.
@@ -119,24 +123,34 @@ class RolloutEngine:
     def sleep(self, level: Literal[1, 2] = 1) -> None:
         """Release GPU memory while Megatron trains: level 1 offloads weights to host memory
         and drops the KV cache; level 2 drops both (call `load_weights` after waking).
-        No-op on CPU (vLLM has no sleep mode there) and when enable_sleep_mode is off.
+        No-op on CPU (vLLM has no sleep mode there), when enable_sleep_mode is off, and when
+        already asleep.
         """
         if level not in (1, 2):
             raise ValueError(f"sleep: level must be 1 or 2 (got {level})")
-        if self._sleep_supported():
+        if self._sleep_supported() and not self._asleep:
             self.llm.sleep(level=level)
+            self._asleep = {"weights", "kv_cache"}
 
     def wake_up(self, tags: Sequence[WakeTag] | None = None) -> None:
-        """Reallocate what `sleep` released. Default: weights first, then the KV cache, so a
-        caller can also do wake_up(["weights"]); load_weights(...); wake_up(["kv_cache"]) and
-        keep the KV cache out of memory during the weight sync. No-op where `sleep` is.
+        """Reallocate what `sleep` released (parts already awake are skipped). Default: weights
+        first, then the KV cache. The trainer syncs between the two: wake_up(["weights"]);
+        load_weights(...); and the next generate's wake_up() brings back the KV cache, so the
+        cache is never resident while the weights are swapped.
         """
-        if not self._sleep_supported():
-            return
-        for tag in tags if tags is not None else ("weights", "kv_cache"):
+        tags = tags if tags is not None else ("weights", "kv_cache")
+        for tag in tags:
             if tag not in ("weights", "kv_cache"):
                 raise ValueError(f"wake_up: unknown tag {tag!r}; valid: 'weights', 'kv_cache'")
-            self.llm.wake_up(tags=[tag])
+        for tag in tags:
+            if tag in self._asleep:
+                self.llm.wake_up(tags=[tag])
+                self._asleep.discard(tag)
+
+    @property
+    def asleep(self) -> frozenset[str]:
+        """What `sleep` released and `wake_up` has not brought back ("weights", "kv_cache")."""
+        return frozenset(self._asleep)
 
     def shutdown(self) -> None:
         """Stop the engine and free its memory. Idempotent.
@@ -154,6 +168,12 @@ class RolloutEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _require_awake(self, caller: str, tags: tuple[str, ...]) -> None:
+        asleep = [t for t in tags if t in self._asleep]
+        if asleep:
+            raise RuntimeError(f"{caller}: the engine's {' and '.join(asleep)} are asleep; call "
+                               f"wake_up({asleep}) first")
 
     def _sleep_supported(self) -> bool:
         return not self._on_cpu and self.config.enable_sleep_mode
@@ -249,6 +269,8 @@ def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict
                 f"rollout.tensor_parallel_size must be 1 on CPU (got {config.tensor_parallel_size}): "
                 "CPU runs use one in-process engine per rank (rollout data parallelism)"
             )
+        if config.weight_transfer:
+            raise ValueError(f"rollout.weight_transfer={config.weight_transfer!r} needs CUDA; leave it empty on CPU")
         # vLLM's CPU platform turns VLLM_CPU_KVCACHE_SPACE (GiB) into this engine argument; passing
         # it directly avoids mutating process-wide state. An exported VLLM_CPU_KVCACHE_SPACE wins.
         kwargs["kv_cache_memory_bytes"] = int(config.cpu_kvcache_space_gib * _GIB)
@@ -258,6 +280,8 @@ def _engine_kwargs(model_path: str, config: RolloutConfig, on_cpu: bool) -> dict
         gpu_memory_utilization=config.gpu_memory_utilization,
         enable_sleep_mode=config.enable_sleep_mode,
     )
+    if config.weight_transfer:
+        kwargs["weight_transfer_config"] = {"backend": config.weight_transfer}
     return kwargs
 
 

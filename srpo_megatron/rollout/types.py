@@ -18,6 +18,7 @@ DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 _DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 _LOGPROBS_MODES: tuple[str, ...] = ("processed_logprobs", "raw_logprobs")
+_WEIGHT_TRANSFER: tuple[str, ...] = ("", "ipc", "nccl")
 
 
 @dataclass
@@ -67,6 +68,10 @@ class RolloutConfig:
     the behaviour policy. "raw_logprobs": log_softmax of the unscaled logits. The two agree at
     temperature 1 with top-k/top-p disabled."""
 
+    weight_transfer: str = ""
+    """GPU only: also accept weights through vLLM's weight-transfer engine "ipc" or "nccl" (see
+    `rollout/transfer_engine.py`); "" = only the in-process sync, which the trainer uses."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -107,6 +112,8 @@ class RolloutConfig:
     def _check_choices(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"rollout.dtype must be one of {_DTYPES} (got {self.dtype!r})")
+        if self.weight_transfer not in _WEIGHT_TRANSFER:
+            raise ValueError(f"rollout.weight_transfer must be one of {_WEIGHT_TRANSFER} (got {self.weight_transfer!r})")
         if self.logprobs_mode not in _LOGPROBS_MODES:
             raise ValueError(
                 f"rollout.logprobs_mode must be one of {_LOGPROBS_MODES} (got {self.logprobs_mode!r})"

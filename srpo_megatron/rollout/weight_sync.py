@@ -6,8 +6,10 @@ other stages, and every rank converts it to HF names and layout with `convert.la
 into buckets of bounded size and handed to the engine bucket by bucket, so the extra memory a
 sync needs is one bucket (at least one transformer layer), never a second copy of the model.
 
-Every rank ends with the full weights because on CPU every rank runs its own engine (rollout
-data parallelism = world size); vLLM's own loader slices them for its tensor parallelism.
+Every rank ends with the full weights because every rank runs its own in-process engine (on CPU:
+rollout data parallelism = world size; on GPU: vLLM's external_launcher, whose loaders slice them
+for vLLM's tensor parallelism). vLLM engines in another process are fed the same stream through
+vLLM's weight-transfer engines: see `transfer_engine.py`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> It
             dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
         for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
             yield layout.resolve(hf_name, layer), tensor
+
+
+def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(hf_name, shape) of every tensor `iter_full_hf_weights` yields, in the same order, without
+    communication: the layout rules applied to meta tensors."""
+    shapes = []
+    for rule, layer in layout.sync_order(shape):
+        full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), device="meta")
+        for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
+            shapes.append((layout.resolve(hf_name, layer), tuple(tensor.shape)))
+    return shapes
 
 
 def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from srpo_megatron.rollout import Rollout, RolloutConfig, RolloutEngine
+from srpo_megatron.rollout.engine import _engine_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["What is 3 + 7?", "Solve the problem.", "Write a Python function that returns the sum."]
@@ -100,6 +101,10 @@ def test_config_errors_name_the_field() -> None:
         RolloutConfig(max_response_tokens=512, max_model_len=512)
     with pytest.raises(ValueError, match=r"rollout\.dtype .*'float32'"):
         RolloutConfig(dtype="fp32")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"rollout\.weight_transfer .*'nccl'"):
+        RolloutConfig(weight_transfer="rdma")
+    with pytest.raises(ValueError, match=r"rollout\.weight_transfer='ipc' needs CUDA"):
+        _engine_kwargs("model", RolloutConfig(weight_transfer="ipc"), on_cpu=True)
 
 
 def test_processed_logprobs_follow_temperature_and_top_k(
@@ -195,6 +200,24 @@ def test_sleep_and_wake_up_are_noops_on_cpu(engine: RolloutEngine) -> None:
     engine.sleep(level=1)
     engine.wake_up()
     assert len(engine.generate(PROMPTS[:1], n=1)) == 1
+
+
+def test_sleep_state_guards_weight_swaps(engine: RolloutEngine, monkeypatch) -> None:
+    """The GPU protocol, with vLLM's sleep calls (no-ops on CPU) taken as supported: a swap into
+    sleeping weights or a generate without the KV cache fails loudly instead of touching
+    released memory; wake_up(["weights"]) is enough for a sync."""
+    monkeypatch.setattr(engine, "_sleep_supported", lambda: True)
+    weights: list[tuple[str, torch.Tensor]] = []
+    engine.sleep(level=1)
+    assert engine.asleep == {"weights", "kv_cache"}
+    with pytest.raises(RuntimeError, match=r"weights are asleep; call wake_up\(\['weights'\]\)"):
+        engine.load_weights(weights)
+    engine.wake_up(["weights"])
+    engine.load_weights(weights)  # an empty swap: vLLM keeps every module's weights
+    with pytest.raises(RuntimeError, match="kv_cache are asleep"):
+        engine.generate(PROMPTS[:1], n=1)
+    engine.wake_up()
+    assert engine.asleep == frozenset() and len(engine.generate(PROMPTS[:1], n=1)) == 1
 
 
 def test_load_weights_swaps_model_in_place(

@@ -77,3 +77,52 @@ def test_sync_makes_vllm_equal_megatron(tiny_qwen, tmp_path, tp, pp):
         assert first["buckets"] > 1  # small buckets: the stream was split
         assert first["gather_ok"]
         assert generation["samples"] == 6 and generation["prompt_index"] == [0, 0, 0, 1, 1, 1]
+
+
+class _DroppingSink:
+    """Stands in for the engine: takes each bucket and lets it go, recording the peak memory."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.peak = 0
+
+    def load_weights(self, bucket) -> None:
+        self.names += [name for name, _ in bucket]
+        self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+
+
+@pytest.mark.gpu
+def test_sync_stream_on_gpu_is_exact_and_bounded_by_the_bucket(tmp_path):
+    """On CUDA (NCCL): the stream equals the HF checkpoint bit for bit, and the extra GPU memory
+    a sync needs stays within one bucket plus one layer (the bucket may close a layer late)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from srpo_megatron.convert.hf_to_mcore import load_hf_weights
+    from srpo_megatron.models import build_model, model_shape, padded_vocab_size
+    from srpo_megatron.rollout.weight_sync import iter_full_hf_weights, sync_weights
+    from tools.make_tiny_model import make_tiny_model
+
+    hf_dir = make_tiny_model(tmp_path / "hf", hidden=768, layers=12, ffn=3072, kv_heads=4)
+    platform.init_distributed(1, 1)
+    shape = model_shape(AutoConfig.from_pretrained(hf_dir))
+    vocab_padded = padded_vocab_size(shape.vocab_size, 1)
+    model = build_model(shape, 1, 1, initialize=False, vocab_size_padded=vocab_padded)
+    load_hf_weights(model, hf_dir, shape, vocab_padded)
+    hf = load_file(str(hf_dir / "model.safetensors"))
+    streamed = dict(iter_full_hf_weights(model, shape, vocab_padded))
+    assert streamed.keys() == hf.keys()
+    assert all(t.is_cuda and torch.equal(t.cpu(), hf[n]) for n, t in streamed.items())
+    del streamed
+    layer_bytes = sum(t.numel() * t.element_size() for n, t in hf.items() if n.startswith("model.layers.0."))
+    bucket_bytes = 32 * 1024**2
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    sink = _DroppingSink()
+    stats = sync_weights(model, sink, shape, vocab_padded, bucket_bytes=bucket_bytes)
+    extra = sink.peak - baseline
+    print(f"sync extra peak {extra / 2**20:.1f} MiB, bucket {bucket_bytes / 2**20:.0f} MiB, "
+          f"layer {layer_bytes / 2**20:.1f} MiB, model {stats.bytes_moved / 2**20:.1f} MiB, buckets {stats.buckets}")
+    assert sorted(sink.names) == sorted(hf) and stats.buckets > 1
+    assert extra <= bucket_bytes + 2 * layer_bytes < stats.bytes_moved / 2
