@@ -2,9 +2,10 @@
 
 For each parameter, in model order: the owning pipeline stage gathers its TP shards into the full
 Megatron tensor (`tp_gather`: NCCL on GPU, shared memory within a CPU host), broadcasts it to the
-other stages, and every rank converts it to HF names and layout with `convert.layout` (the same rules the checkpoint converter uses). Tensors are packed
-into buckets of bounded size and handed to the engine bucket by bucket, so the extra memory a
-sync needs is one bucket (at least one transformer layer), never a second copy of the model.
+other stages, and every rank converts it to HF names and layout with `convert.layout` (the same
+rules the checkpoint converter uses). Tensors are packed into buckets of bounded size and handed
+to the engine bucket by bucket, so the extra memory a sync needs is one bucket (at least one
+transformer layer), never a second copy of the model.
 
 Every rank ends with the full weights because every rank runs its own in-process engine (on CPU:
 rollout data parallelism = world size; on GPU: vLLM's external_launcher, whose loaders slice them
