@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from srpo_megatron import platform
 from srpo_megatron.algorithms import PolicyLossConfig, policy_loss
 from srpo_megatron.config import ModelConfig, OptimizerConfig
 from srpo_megatron.convert.hf_to_mcore import load_hf_weights
@@ -83,7 +84,8 @@ def update_policy(model, optimizer, batch: dict, settings: UpdateSettings) -> di
         rows = range(update_index * per_update, (update_index + 1) * per_update)
         micro = micro_batches(batch, rows, settings.micro_batch_size, keys)
         mask = batch["mask"][rows.start: rows.stop]
-        counts = torch.tensor([float(mask.sum()), float(mask.any(dim=1).sum())], device=mask.device)
+        counts = torch.tensor([float(mask.sum()), float(mask.any(dim=1).sum())],
+                              device=platform.device())  # NCCL reduces CUDA tensors only
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
         # megatron divides each micro-batch loss by the number of micro-batches and DDP averages
         # gradients over DP; the loss is already a share of the global mean, so undo both.

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from srpo_megatron import platform
+
 LossFn = Callable[[dict, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
@@ -20,12 +22,15 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
     """Forward (and backward unless forward_only) over micro-batches; returns loss_fn's metrics.
 
     Every micro-batch holds "tokens" [b, T] (the same b and T for all, as pipeline p2p needs) and
-    whatever loss_fn reads. The returned list is non-empty only on the last pipeline stage.
+    whatever loss_fn reads. Batches may live in host memory: each micro-batch moves to the
+    device when its forward runs. The returned list is non-empty only on the last pipeline stage.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    device = platform.device()
+
     def forward_step(data_iterator, step_model):
-        batch = next(data_iterator)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
         tokens = batch["tokens"]
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         output = step_model(tokens, positions, None)  # causal mask is built inside attention
@@ -79,4 +84,4 @@ def compute_logprobs(model, micro_batches: list[dict], vocab_size: int, temperat
         return output.sum() * 0.0, {"logprobs": logprobs}
 
     outputs = run_pipeline(model, micro_batches, keep_logprobs, forward_only=True)
-    return [out["logprobs"] for out in outputs]
+    return [out["logprobs"].cpu() for out in outputs]  # small; the trainer keeps batches on the host
