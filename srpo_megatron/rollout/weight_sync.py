@@ -75,8 +75,7 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> It
             pp_group = ps.get_pipeline_model_parallel_group()
             full = full.contiguous()
             dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
-        for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
-            yield layout.resolve(hf_name, layer), tensor
+        yield from _hf_named(rule, layer, full, shape)
 
 
 def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -85,9 +84,15 @@ def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[st
     shapes = []
     for rule, layer in layout.sync_order(shape):
         full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), device="meta")
-        for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
-            shapes.append((layout.resolve(hf_name, layer), tuple(tensor.shape)))
+        shapes += [(name, tuple(tensor.shape)) for name, tensor in _hf_named(rule, layer, full, shape)]
     return shapes
+
+
+def _hf_named(rule: layout.ParamRule, layer: int | None, full: torch.Tensor,
+              shape: ModelShape) -> list[tuple[str, torch.Tensor]]:
+    """The (HF name, tensor) pairs one full Megatron tensor becomes."""
+    return [(layout.resolve(name, layer), tensor)
+            for name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape))]
 
 
 def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):
