@@ -31,7 +31,8 @@ from srpo_megatron.convert.mcore_io import CheckpointInfo
 from srpo_megatron.data import DynamicSamplingFilter, StageScheduler
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
-from srpo_megatron.metrics import MetricsLogger, is_reflective, tokens_per_s
+from srpo_megatron.metrics import (MetricsLogger, ReplicaRecord, SampleRecord, UpdateRecord, is_reflective,
+                                   reduce_step)
 from srpo_megatron.models import model_shape, padded_vocab_size
 from srpo_megatron.models.forward import compute_logprobs
 from srpo_megatron.policy import UpdateSettings, build_policy, build_reference, micro_batches, update_policy
@@ -53,6 +54,11 @@ class Sample:
     reward: float
     accuracy: float
     reflective: bool
+    revisited: bool  # the stage's sampler recorded this prompt in an earlier epoch
+
+    def metrics_record(self) -> SampleRecord:
+        return SampleRecord(self.domain, self.reward, self.accuracy, len(self.response_ids), self.truncated,
+                            self.reflective, self.revisited)
 
 
 class PhaseTimer:
@@ -95,6 +101,7 @@ class Trainer:
         self.scheduler = StageScheduler(config.stages, config.data.prompts_per_step, factory,
                                         self.ctx.data_parallel)
         self.step = 0
+        self.rollouts_total = 0  # rollouts generated since the run began, all replicas
         self.run_dir = Path(train_cfg.run_dir)
         self._stop_requested = False
         self._resume(resume)
@@ -110,6 +117,7 @@ class Trainer:
             return  # a fresh run: nothing saved yet
         state = load_checkpoint(path, self.model.module, self.optimizer)
         self.step = state["step"]
+        self.rollouts_total = state.get("rollouts_total", 0)  # older checkpoints: count from here
         self.scheduler.load_state_dict(state["scheduler"])
         self.sync()
 
@@ -151,8 +159,9 @@ class Trainer:
             self.sync()
         self.step += 1
         timer.seconds["t_step"] = time.perf_counter() - step_start
-        metrics = self.step_metrics(stage, samples, batch, loss_metrics, timer.seconds)
-        metrics["rollouts"] = self._sum_over_replicas(generated)
+        metrics = self.step_metrics(stage, samples, batch, loss_metrics, generated, timer.seconds)
+        self.rollouts_total += metrics["rollouts"]
+        metrics["rollouts_total"] = self.rollouts_total
         metrics["stage_changed"] = self.scheduler.update(self.step)
         if self._should_evaluate(metrics["stage_changed"]):
             metrics |= self.evaluate()
@@ -224,7 +233,10 @@ class Trainer:
                 domain=row["domain"], row_index=mine[r.prompt_index][1], prompt_ids=r.prompt_token_ids,
                 response_ids=r.response_token_ids, rollout_logprobs=r.logprobs.tolist(),
                 truncated=r.finish_reason == "length", reward=s.reward, accuracy=s.accuracy,
-                reflective=is_reflective(r.response_text)))
+                reflective=is_reflective(r.response_text),
+                # Asked at draw time: a DAPO refill draw that starts a new epoch would make this
+                # step's own earlier prompts look like revisits.
+                revisited=self.scheduler.recorded_in_earlier_epoch(*mine[r.prompt_index])))
             for r, row, s in zip(rollouts, rows, scores)
         ]
         gathered = [None] * mp_size
@@ -280,9 +292,11 @@ class Trainer:
             rollout_lp[row, p: p + r] = torch.tensor(s.rollout_logprobs)
         advantages = torch.zeros(n)
         advantages[: len(samples)] = adv.advantages
+        # Zero-reward-variance groups, and groups whose only outliers were truncated (zeroed).
+        zero_groups = (adv.advantages.view(-1, G) == 0).all(dim=1)  # [B]
         device = platform.device()
         return {"tokens": tokens.to(device), "mask": mask.to(device), "advantages": advantages.to(device),
-                "rollout_logprobs": rollout_lp.to(device), "zero_groups": adv.zero_groups,
+                "rollout_logprobs": rollout_lp.to(device), "zero_groups": zero_groups,
                 "num_samples": torch.tensor(len(samples))}
 
     def add_old_logprobs(self, batch: dict) -> None:
@@ -332,39 +346,42 @@ class Trainer:
     # ---- metrics and checkpoints ----------------------------------------------------------
 
     def step_metrics(self, stage: str, samples: list[Sample], batch: dict, loss_metrics: dict,
-                     seconds: dict) -> dict:
-        """Everything about this step, reduced over all data-parallel replicas."""
-        from megatron.core import parallel_state as ps
+                     generated: int, seconds: dict) -> dict:
+        """Everything about this step, reduced over all data-parallel replicas (`reduce_step`).
 
-        local = [(s.domain, s.reward, s.accuracy, len(s.response_ids), s.truncated, s.reflective) for s in samples]
-        replicas = [None] * ps.get_data_parallel_world_size()
-        dist.all_gather_object(replicas, local, group=ps.get_data_parallel_group())
-        everything = [item for part in replicas for item in part]
-        zero = batch["zero_groups"].float()
-        metrics = {"step": self.step, "stage": stage, **_sample_metrics(everything),
-                   "zero_adv_frac": zero.mean().item() if zero.numel() else 0.0,
-                   "pool_size": sum(len(self.scheduler.sampler(d).pool()) for d in self.scheduler.domain_counts())}
-        metrics |= self._last_stage_metrics(loss_metrics, batch)
-        metrics |= {k: round(v, 4) for k, v in seconds.items()}
-        tokens = sum(item[3] for item in everything)
-        metrics["tokens_per_s"] = tokens_per_s(tokens, seconds["t_step"])
-        return metrics
-
-    def _last_stage_metrics(self, loss_metrics: dict, batch: dict) -> dict:
-        values = dict(loss_metrics)
-        if "old_logprobs" in batch:
-            mask = batch["mask"]
-            diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()[mask]
-            values["logprob_diff"] = diff.max().item() if diff.numel() else 0.0
-            values["logprob_diff_mean"] = diff.mean().item() if diff.numel() else 0.0
-            if "ref_logprobs" in batch:
-                log_ratio = (batch["ref_logprobs"] - batch["old_logprobs"])[mask]
-                values["kl"] = (log_ratio.exp() - log_ratio - 1).mean().item() if log_ratio.numel() else 0.0
+        One collective: every rank of a replica holds the same samples, so one rank per replica
+        (TP rank 0 of the last pipeline stage, which also has the log-probs and loss metrics)
+        contributes its `ReplicaRecord` and the others contribute None.
+        """
+        reporter = self.ctx.is_last_pp_stage and self.ctx.tp_rank == 0
+        local = None
+        if reporter:
+            local = ReplicaRecord(tuple(s.metrics_record() for s in samples), tuple(batch["zero_groups"].tolist()),
+                                  generated, self._update_record(loss_metrics, batch))
         everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, values)
-        merged = next((v for v in everyone if "logprob_diff" in v), values)
-        merged.setdefault("kl", 0.0)
-        return {k: merged[k] for k in merged if k not in ("ratio_min", "ratio_max")}
+        dist.all_gather_object(everyone, local)
+        metrics = {"step": self.step, "stage": stage,
+                   **reduce_step([r for r in everyone if r is not None], seconds["t_step"])}
+        # The sampler state is replicated identically on every DP rank (`record` is a DP
+        # collective), so this rank's pool size is already the global one.
+        metrics["pool_size"] = sum(len(self.scheduler.sampler(d).pool()) for d in self.scheduler.domain_counts())
+        return metrics | {k: round(v, 4) for k, v in seconds.items()}
+
+    def _update_record(self, loss_metrics: dict, batch: dict) -> UpdateRecord:
+        """This replica's update statistics (called on its last pipeline stage, which has the
+        old and reference log-probs). On the host: the log-probs come back there, the batch may
+        live on the GPU, and these numbers are read on the host anyway."""
+        mask, old = batch["mask"].cpu(), batch["old_logprobs"].cpu()
+        diff = (old - batch["rollout_logprobs"].cpu()).abs()[mask]
+        kl_sum = None
+        if "ref_logprobs" in batch:
+            log_ratio = (batch["ref_logprobs"].cpu() - old)[mask]
+            kl_sum = (log_ratio.exp() - log_ratio - 1).sum().item()
+        return UpdateRecord(loss_metrics={k: float(v) for k, v in loss_metrics.items()},
+                            micro_batches=mask.shape[0] // self.config.training.micro_batch_size,
+                            response_tokens=int(mask.sum()),
+                            logprob_diff_max=diff.max().item() if diff.numel() else 0.0,
+                            logprob_diff_sum=diff.sum().item(), kl_sum=kl_sum)
 
     def _should_save(self) -> bool:
         every = self.config.training.save_every
@@ -382,7 +399,7 @@ class Trainer:
     def save(self) -> Path:
         info = CheckpointInfo(self.vocab_padded, self.config.model.dtype, self.config.model.tensor_parallel,
                               self.config.model.pipeline_parallel)
-        state = {"step": self.step, "scheduler": self.scheduler.state_dict()}
+        state = {"step": self.step, "rollouts_total": self.rollouts_total, "scheduler": self.scheduler.state_dict()}
         return save_checkpoint(self.run_dir, self.step, self.model.module, self.optimizer, state, info,
                                self.config.model.hf_path)
 
@@ -393,23 +410,3 @@ class Trainer:
 
 def _keep_groups(samples: list[Sample], keep: torch.Tensor, group_size: int) -> list[Sample]:
     return [s for i, s in enumerate(samples) if keep[i // group_size]]
-
-
-def _sample_metrics(items: list[tuple]) -> dict:
-    """Means over all rollouts: reward, accuracy (overall and per domain), length, behaviour."""
-    def mean(values):
-        values = list(values)
-        return sum(values) / len(values) if values else 0.0
-
-    metrics = {
-        "reward_mean": mean(i[1] for i in items),
-        "accuracy": mean(i[2] for i in items),
-        "response_len_mean": mean(i[3] for i in items),
-        "truncated_frac": mean(float(i[4]) for i in items),
-        "reflection_rate": mean(float(i[5]) for i in items),
-    }
-    for domain in ("math", "code"):
-        metrics[f"accuracy/{domain}"] = mean(i[2] for i in items if i[0] == domain) if any(
-            i[0] == domain for i in items) else None
-    return metrics
-

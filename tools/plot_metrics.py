@@ -9,9 +9,13 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_KEYS = ["accuracy", "accuracy/math", "accuracy/code", "reward_mean", "response_len_mean",
-                "zero_adv_frac", "pool_size", "entropy", "reflection_rate", "logprob_diff",
-                "tokens_per_s", "t_step"]
+DEFAULT_KEYS = ["accuracy", "accuracy/math", "accuracy/code", "eval/accuracy/math", "eval/accuracy/code",
+                "accuracy/revisited", "reward_mean", "response_len_mean", "zero_adv_frac",
+                "informative_groups", "pool_size", "rollouts_total", "entropy", "reflection_rate",
+                "logprob_diff", "tokens_per_s", "t_step"]
+# Metrics present only on some steps (held-out evaluation; revisits once an epoch has passed):
+# big markers show where they were measured.
+SPARSE_PREFIXES = ("eval/", "accuracy/revisited")
 
 
 def plot(metrics_file: str | Path, out: str | Path, keys: list[str] = DEFAULT_KEYS) -> Path:
@@ -30,7 +34,8 @@ def plot(metrics_file: str | Path, out: str | Path, keys: list[str] = DEFAULT_KE
     switches = [m["step"] for m in lines if m.get("stage_changed")]
     for ax, key in zip(axes.flat, keys):
         points = [(m["step"], m[key]) for m in lines if isinstance(m.get(key), (int, float))]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        marker = "o" if key.startswith(SPARSE_PREFIXES) else "."
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker)
         for step in switches:
             ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
         ax.set_title(key)

@@ -53,6 +53,10 @@ class HistoryResamplingSampler:
 
     `enabled=False` is plain GRPO sampling: outcomes are still recorded for `epoch_stats`, but
     the pool never shrinks. Iterate with one iterator at a time: position lives on the sampler.
+
+    Revisits: the sampler remembers every index recorded in a finished epoch, so a caller can
+    tell a prompt it serves again (`recorded_in_earlier_epoch`) from one it serves for the first
+    time, e.g. to report accuracy on revisited prompts.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class HistoryResamplingSampler:
         self._check_consumed(consumed_samples, "consumed_samples")
         self._pool: list[int] = list(range(total_samples))
         self._history: dict[int, list[int]] = {}  # index -> [n_correct, n_rollouts], this epoch
+        self._recorded_earlier: set[int] = set()  # indices recorded in a finished epoch
         self._epoch_stats: list[dict[str, Any]] = []
         self._order: Optional[tuple[int, list[int]]] = None  # (epoch, permuted pool) cache
         self.consumed_samples = consumed_samples
@@ -136,6 +141,11 @@ class HistoryResamplingSampler:
     def pool(self) -> list[int]:
         """Sorted dataset indices of the current epoch's pool."""
         return list(self._pool)
+
+    def recorded_in_earlier_epoch(self, index: int) -> bool:
+        """Whether `index` was served and recorded in an epoch that has finished. An epoch's
+        records join this set when the next epoch begins (on its first draw)."""
+        return index in self._recorded_earlier
 
     @property
     def epoch_stats(self) -> list[dict[str, Any]]:
@@ -240,6 +250,7 @@ class HistoryResamplingSampler:
             }
         )
         self._pool = list(next_pool)
+        self._recorded_earlier.update(self._history)
         self._history = {}
         self._epoch += 1
         self._consumed_in_epoch = 0
@@ -257,6 +268,7 @@ class HistoryResamplingSampler:
             "consumed_samples": self.consumed_samples,
             "pool": list(self._pool),
             "history": sorted([i, c[0], c[1]] for i, c in self._history.items()),
+            "recorded_earlier": sorted(self._recorded_earlier),
             "epoch_stats": copy.deepcopy(self._epoch_stats),
         }
 
@@ -273,6 +285,8 @@ class HistoryResamplingSampler:
         self.consumed_samples = state["consumed_samples"]
         self._pool = list(state["pool"])
         self._history = {i: [c, n] for i, c, n in state["history"]}
+        # Checkpoints written before revisits were tracked lack the key: count from here on.
+        self._recorded_earlier = set(state.get("recorded_earlier", []))
         self._epoch_stats = copy.deepcopy(state["epoch_stats"])
         self._order = None
 

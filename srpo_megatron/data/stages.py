@@ -204,6 +204,11 @@ class StageScheduler:
         """Per-rollout correctness of this rank's `domain` prompts (collective over DP)."""
         self.sampler(domain).record(sample_ids, correct)
 
+    def recorded_in_earlier_epoch(self, domain: str, index: int) -> bool:
+        """Whether the current stage already served and recorded `domain` prompt `index` in an
+        earlier epoch (a revisit); a new stage starts with nothing recorded."""
+        return self.sampler(domain).recorded_in_earlier_epoch(index)
+
     def stage_epochs(self) -> int:
         """Epochs completed by the current stage: the minimum over its domains' samplers."""
         return min(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
 Prompt = str | Sequence[int]
 WakeTag = Literal["weights", "kv_cache"]
 _GIB = 1 << 30
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class _RotaryReloadWarningFilter(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights", logged after every in-place reload:
+    the rotary cos/sin cache is computed, never loaded, so the weight stream has nothing for it
+    and vLLM puts the old cache back (harmless). The same warning for any other layer still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        layer = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+        return not (record.msg == "%s: Failed to load weights" and str(layer).endswith("RotaryEmbedding"))
 
 
 class RolloutEngine:
@@ -45,6 +58,9 @@ class RolloutEngine:
         self._caller_owns_process_group = dist.is_available() and dist.is_initialized()
         self._on_cpu = _vllm_platform_is_cpu()
         self._llm: LLM | None = _build_llm(str(Path(model_path)), config, self._on_cpu)
+        # Scoped to this engine's lifetime (removed in shutdown), not installed at import.
+        self._reload_log_filter = _RotaryReloadWarningFilter()
+        logging.getLogger(_RELOAD_LOGGER).addFilter(self._reload_log_filter)
         self._tokenizer = self._llm.get_tokenizer()
         self._asleep: set[str] = set()
 
@@ -165,6 +181,7 @@ class RolloutEngine:
         with _keep_distributed_environment(self._caller_owns_process_group):
             self._llm.llm_engine.engine_core.shutdown()
         self._llm = None
+        logging.getLogger(_RELOAD_LOGGER).removeFilter(self._reload_log_filter)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -100,6 +100,38 @@ def test_mid_epoch_resume_matches_uninterrupted_order():
     assert resumed.epoch_stats == reference.epoch_stats
 
 
+def test_revisits_are_prompts_recorded_in_a_finished_epoch():
+    sampler = make()
+    take(sampler, 5)
+    sampler.record([0, 1, 2, 3], [[True, True], [True, False], [False, False], [True, False]])
+    # the epoch is not over until the next draw: nothing is a revisit yet
+    assert not any(sampler.recorded_in_earlier_epoch(i) for i in range(10))
+    take(sampler, 1)
+    assert [i for i in range(10) if sampler.recorded_in_earlier_epoch(i)] == [0, 1, 2, 3]
+    sampler.record([4], [[True, False]])  # epoch 1's records wait for epoch 1 to end
+    assert not sampler.recorded_in_earlier_epoch(4)
+    take(sampler, 3)  # the rest of epoch 1 (9 prompts, 8 served)
+    assert sampler.epoch == 1 and not sampler.recorded_in_earlier_epoch(4)
+    take(sampler, 1)
+    assert sampler.epoch == 2
+    # 0 was dropped (all correct) but stays recorded; 4 joined at the end of epoch 1
+    assert [i for i in range(10) if sampler.recorded_in_earlier_epoch(i)] == [0, 1, 2, 3, 4]
+
+
+def test_revisits_survive_a_checkpoint_and_tolerate_old_ones():
+    sampler = make()
+    _finish_epoch_with_records(sampler)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state["recorded_earlier"] == [0, 1, 2, 3]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert [i for i in range(10) if resumed.recorded_in_earlier_epoch(i)] == [0, 1, 2, 3]
+    del state["recorded_earlier"]  # written before revisits were tracked
+    old = make()
+    old.load_state_dict(state)
+    assert not any(old.recorded_in_earlier_epoch(i) for i in range(10)) and old.pool() == sampler.pool()
+
+
 def test_load_state_dict_rejects_a_different_seed():
     state = make(seed=1).state_dict()
     with pytest.raises(ValueError, match="seed=1 but this sampler has 2"):

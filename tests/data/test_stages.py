@@ -115,3 +115,18 @@ def test_state_round_trip_resumes_mid_stage():
     renamed = [StageConfig("other", {"math": 1.0}, steps=2)] + two_stages()[1:]
     with pytest.raises(ValueError, match=r"checkpoint stages \['stage1_math', 'stage2_mixed'\]"):
         scheduler(renamed, prompts_per_step=4, dp=2, rank=1).load_state_dict(state)
+
+
+def test_revisits_are_per_stage():
+    sched = scheduler(
+        [StageConfig("s1", {"code": 1.0}, steps=4), StageConfig("s2", {"code": 1.0}, steps=1)],
+        prompts_per_step=5,
+    )
+    first = sched.next_batch()["code"]  # 10 code prompts, 5 per step: epoch 0 is steps 1-2
+    sched.record("code", first, [[False, True]] * 5)
+    sched.next_batch()
+    assert not any(sched.recorded_in_earlier_epoch("code", i) for i in first)
+    sched.next_batch()  # epoch 1 begins: epoch 0's records count as earlier
+    assert all(sched.recorded_in_earlier_epoch("code", i) for i in first)
+    assert sched.update(4) and sched.stage.name == "s2"
+    assert not any(sched.recorded_in_earlier_epoch("code", i) for i in first)  # a fresh sampler

@@ -13,11 +13,14 @@ import pytest
 from srpo_megatron.checkpoint import COMPLETE, latest_checkpoint
 
 REQUIRED_METRICS = [
-    "step", "stage", "reward_mean", "accuracy", "accuracy/math", "accuracy/code", "response_len_mean",
-    "truncated_frac", "clip_frac", "kl", "entropy", "zero_adv_frac", "pool_size", "reflection_rate",
-    "logprob_diff", "t_rollout", "t_sync", "t_train", "t_reward", "t_step", "tokens_per_s",
+    "step", "stage", "reward_mean", "accuracy", "accuracy/math", "accuracy/code", "accuracy/revisited",
+    "revisited_frac", "response_len_mean", "truncated_frac", "clip_frac", "kl", "entropy", "zero_adv_frac",
+    "groups", "informative_groups", "rollouts", "rollouts_total", "pool_size", "reflection_rate",
+    "logprob_diff", "logprob_diff_mean", "t_rollout", "t_sync", "t_train", "t_reward", "t_step", "tokens_per_s",
 ]
-COMPARED = ["stage", "reward_mean", "accuracy", "response_len_mean", "entropy", "pool_size", "loss", "logprob_diff"]
+COMPARED = ["stage", "reward_mean", "accuracy", "response_len_mean", "entropy", "pool_size", "loss", "logprob_diff",
+            "zero_adv_frac", "informative_groups", "rollouts_total", "revisited_frac", "accuracy/revisited"]
+PROMPTS, G = 4, 4  # prompts per step (both DP replicas together), rollouts per prompt
 
 
 def _write_data(root: Path) -> None:
@@ -26,7 +29,7 @@ def _write_data(root: Path) -> None:
             a, b = i % 5 + 1, i % 3 + 2
             f.write(json.dumps({"id": f"m{i}", "prompt": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n")
     with open(root / "code.jsonl", "w") as f:
-        for i in range(6):
+        for i in range(2):  # one code epoch per stage-2 step: step 4 revisits step 3's prompts
             tests = {"fn_name": "add", "inputs": [[1, 2], [i, 4]], "outputs": [3, i + 4]}
             f.write(json.dumps({"id": f"c{i}", "prompt": "Write add(a, b).", "tests": tests}) + "\n")
 
@@ -75,6 +78,7 @@ def full_run(setup):
     proc = _torchrun(config, run_dir)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
+    (run_dir / "output.log").write_text(out)
     return run_dir
 
 
@@ -89,6 +93,26 @@ def test_run_logs_every_metric_and_checkpoints(full_run):
     assert metrics[0]["accuracy/code"] is None and metrics[3]["accuracy/code"] is not None
     assert latest_checkpoint(full_run).name == "step_000004"
     assert (full_run / "tensorboard").is_dir()
+
+
+def test_metrics_cover_both_replicas(full_run):
+    metrics = _metrics(full_run)
+    for step, line in enumerate(metrics, start=1):
+        # each of the 2 DP replicas trains on 2 of the 4 groups: a rank-local count would say 2
+        assert line["groups"] == PROMPTS and line["rollouts"] == PROMPTS * G
+        assert line["informative_groups"] == round(PROMPTS * (1 - line["zero_adv_frac"]))
+        assert line["rollouts_total"] == step * PROMPTS * G
+    # stage 2 serves both code prompts every step, so step 4 revisits step 3's (epoch 0) prompts;
+    # math (12 prompts, 2 per step) is never revisited in this run
+    assert [m["revisited_frac"] for m in metrics] == [0.0, 0.0, 0.0, 0.5]
+    assert [m["accuracy/revisited"] for m in metrics[:3]] == [None] * 3
+    assert metrics[3]["accuracy/revisited"] == pytest.approx(metrics[3]["accuracy/code"])
+
+
+def test_rotary_reload_warning_is_silenced(full_run):
+    out = (full_run / "output.log").read_text()
+    assert "srpo rank 0/2" in out  # the log holds the run's output
+    assert "Failed to load weights" not in out  # vLLM logs it after every weight sync otherwise
 
 
 def test_kill_9_then_resume_reproduces_the_run(setup, full_run):
@@ -127,6 +151,20 @@ def test_plot_tool_writes_png(full_run, tmp_path):
 
     out = plot(full_run / "metrics.jsonl", tmp_path / "m.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_tool_draws_sparse_held_out_curves(tmp_path):
+    from tools.plot_metrics import DEFAULT_KEYS, plot
+
+    assert {"eval/accuracy/math", "eval/accuracy/code", "accuracy/revisited", "informative_groups",
+            "pool_size", "rollouts_total"} <= set(DEFAULT_KEYS)
+    lines = [{"step": 0, "stage": "s", "eval/accuracy/math": 0.1}]  # the baseline: held-out only
+    lines += [{"step": s, "stage": "s", "accuracy": 0.5, "accuracy/revisited": 0.2 if s > 2 else None,
+               "rollouts_total": 16 * s, **({"eval/accuracy/math": 0.3} if s % 2 == 0 else {})}
+              for s in range(1, 5)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert plot(path, tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_dapo_dynamic_sampling_draws_extra_prompts(setup, tmp_path):
