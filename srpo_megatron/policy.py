@@ -16,6 +16,7 @@ from srpo_megatron import platform
 from srpo_megatron.algorithms import PolicyLossConfig, policy_loss
 from srpo_megatron.config import ModelConfig, OptimizerConfig
 from srpo_megatron.convert.hf_to_mcore import load_hf_weights
+from srpo_megatron.metrics import LOSS_SHARE_KEYS
 from srpo_megatron.models import build_model, mask_padded_vocab
 from srpo_megatron.models.forward import run_pipeline, token_logprobs
 from srpo_megatron.models.hf_config import ModelShape
@@ -122,9 +123,8 @@ def _mean_metrics(collected: list[dict]) -> dict:
     """Micro-batch metrics -> step metrics: shares of the global mean add up, the rest average."""
     if not collected:
         return {}
-    summed = {"pg_loss", "kl_loss", "loss"}
     out = {}
     for key in collected[0]:
         values = [float(m[key]) for m in collected]
-        out[key] = sum(values) if key in summed else sum(values) / len(values)
+        out[key] = sum(values) if key in LOSS_SHARE_KEYS else sum(values) / len(values)
     return out

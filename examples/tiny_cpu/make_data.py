@@ -7,10 +7,10 @@ row schema (`id`, `domain`, `prompt`, `answer` | `tests`, `source`), plus `sft.j
 (`prompt`, `response` in the format the rewards grade) for `tools/sft_warmup.py`. No prompt appears in
 two files: the warm-up never sees an RL or eval prompt.
 
-Math is integer arithmetic with a difficulty range: single-digit sums and products (easy) up to
-two-step expressions and two-digit operands (hard for a tiny model). A tiny model cannot derive
-`7 + 8` from other sums, it memorises facts, so the warm-up corpus is mostly single-digit facts, which
-recur in the other files under other wordings. Code is one-line functions from a family of
+Math is chains of single-digit additions and subtractions (`What is 7 + 5 - 3 + 8?`) solved with a
+running total in the scratchpad (`7 + 5 = 12, 12 - 3 = 9, 9 + 8 = 17`). The skill is procedural:
+every step is one of a few hundred small facts shared by all problems, so what RL sharpens on the
+training chains carries over to unseen held-out chains. Code is one-line functions from a family of
 templates, graded by function-call tests; what carries over there is the template, with the
 function name, argument names and constants copied from the prompt.
 """
@@ -22,7 +22,6 @@ import json
 import random
 import string
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -44,62 +43,60 @@ class Problem:
     row: dict
     """`domain`, `prompt` and `answer` or `tests` (ids are assigned per split)."""
     response: str
-    """A correct response in the graded format: `<think>...</think>` then `\\boxed{}` or a code block."""
+    """A worked response in the graded format: `<think>...</think>` then `\\boxed{}` or a code block."""
+    bare_response: str
+    """The same answer without the work: `\\boxed{}` or the code block alone."""
+
+
+WORKED_SHARE = 0.6
+"""Share of warm-up demonstrations that show their work; the rest give the bare answer, as terse
+solutions do in real SFT corpora. The warm-up model then sometimes answers without working, which
+on a chain of several steps is usually wrong: RL finds that working pays, on every problem,
+held-out ones included (and responses get longer, as in SRPO's stage 1)."""
 
 
 # ---------------------------------------------------------------------------------------------------
-# Math: each kind returns (expression, reasoning steps, answer).
+# Math: chains of single-digit additions and subtractions, solved with a running total.
 # ---------------------------------------------------------------------------------------------------
 
-def _binary(a: int, op: str, b: int) -> tuple[str, int]:
-    value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"{a} {op} {b} = {value}", value
-
-
-def _one_step(a_range: tuple[int, int], op: str, b_range: tuple[int, int]) -> Callable:
-    def draw(rng: random.Random) -> tuple[str, list[str], int]:
-        a, b = rng.randint(*a_range), rng.randint(*b_range)
-        step, value = _binary(a, op, b)
-        return f"{a} {op} {b}", [step], value
-
-    return draw
-
-
-def _two_step(rng: random.Random) -> tuple[str, list[str], int]:
-    """`(a op1 b) op2 c`, parenthesised when precedence would otherwise change the order."""
-    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
-    op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-    first, middle = _binary(a, op1, b)
-    second, value = _binary(middle, op2, c)
-    left = f"({a} {op1} {b})" if op2 == "*" and op1 != "*" else f"{a} {op1} {b}"
-    return f"{left} {op2} {c}", [first, second], value
-
-
-MATH_KINDS: dict[str, tuple[float, Callable]] = {
-    "add_small": (0.30, _one_step((0, 9), "+", (0, 9))),
-    "mul_small": (0.15, _one_step((2, 9), "*", (2, 9))),
-    "add": (0.15, _one_step((10, 99), "+", (0, 99))),
-    "sub": (0.15, _one_step((0, 99), "-", (0, 60))),
-    "mul": (0.10, _one_step((10, 30), "*", (2, 9))),
-    "two_step": (0.15, _two_step),
-}
-SFT_MATH_WEIGHTS = {"add_small": 0.45, "mul_small": 0.35, "add": 0.05, "sub": 0.05, "mul": 0.05,
-                    "two_step": 0.05}
-"""The warm-up corpus is mostly single-digit facts: a tiny model memorises those within the time
-budget, so it starts RL right on the easy problems and mostly wrong on the hard ones."""
+MAX_TOTAL = 20
+"""Running totals stay in [0, 99]: every number the scratchpad writes is one token of the tiny
+tokenizer (" 57"), so each step is one lookup `total op digit = new total`."""
+CHAIN_STEPS = {2: 0.25, 3: 0.3, 4: 0.25, 5: 0.2}
+"""Steps per problem (operands - 1) -> share of problems. Longer chains are harder: one wrong
+step spoils the answer, so at temperature 1 accuracy falls with length."""
 MATH_PHRASINGS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Find the value of {e}.",
                   "Evaluate {e}.", "Work out {e}.")
 
 
-def draw_math(rng: random.Random, weights: dict[str, float] | None = None) -> Problem:
-    """One random arithmetic problem; the kind is drawn by `weights` (default: `MATH_KINDS`)."""
-    weights = weights or {kind: weight for kind, (weight, _) in MATH_KINDS.items()}
-    draw = MATH_KINDS[rng.choices(list(weights), weights=list(weights.values()))[0]][1]
-    expression, steps, value = draw(rng)
+def draw_chain(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
+    """`a op d op d ...` with single-digit `d`; returns (expression, scratchpad steps, answer).
+
+    The skill is procedural: every step `total op d = total'` is one of ~1,600 facts shared by all
+    problems, so practice on training chains carries over to unseen chains (unlike whole-problem
+    facts such as `37 + 48`, which a tiny model can only memorise one by one)."""
+    total = rng.randint(2, 15)
+    expression, scratchpad = str(total), []
+    for _ in range(steps):
+        digit = rng.randint(1, 9)
+        ops = [op for op, ok in (("+", total + digit <= MAX_TOTAL), ("-", total - digit >= 0)) if ok]
+        op = rng.choice(ops)
+        new_total = total + digit if op == "+" else total - digit
+        scratchpad.append(f"{total} {op} {digit} = {new_total}")
+        expression += f" {op} {digit}"
+        total = new_total
+    return expression, scratchpad, total
+
+
+def draw_math(rng: random.Random, steps_weights: dict[int, float] = CHAIN_STEPS) -> Problem:
+    """One random chain problem; its length is drawn by `steps_weights`."""
+    steps = rng.choices(list(steps_weights), weights=list(steps_weights.values()))[0]
+    expression, scratchpad, value = draw_chain(rng, steps)
     prompt = rng.choice(MATH_PHRASINGS).format(e=expression)
     # The space after <think> makes the operands the same tokens as in the prompt (" 37", not "37").
-    response = f"<think> {', '.join(steps)}</think> \\boxed{{{value}}}"
-    return Problem({"domain": "math", "prompt": prompt, "answer": str(value)}, response)
+    answer = f"\\boxed{{{value}}}"
+    response = f"<think> {', '.join(scratchpad)}</think> {answer}"
+    return Problem({"domain": "math", "prompt": prompt, "answer": str(value)}, response, answer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,9 +209,10 @@ def draw_code(rng: random.Random) -> Problem:
     signature = f"{name}({', '.join(args)})"
     prompt = f"Write a Python function `{signature}` that returns {phrase}."
     program = f"def {signature}:\n    return {expr}\n"
-    response = f"<think>Return {expr}.</think>\n```python\n{program}```"
+    block = f"```python\n{program}```"
+    response = f"<think>Return {expr}.</think>\n{block}"
     tests = {"fn_name": name, "inputs": inputs, "outputs": outputs}
-    return Problem({"domain": "code", "prompt": prompt, "tests": tests}, response)
+    return Problem({"domain": "code", "prompt": prompt, "tests": tests}, response, block)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,18 +238,27 @@ def _draw_new(rng: random.Random, draw: Callable[[random.Random], Problem], n: i
     return problems
 
 
-def build_splits(seed: int = 0, n_train: int = 300, n_eval: int = 50, n_sft_math: int = 1200,
-                 n_sft_code: int = 400) -> dict:
-    """`{(split, domain): [Problem]}` for split in train/eval/sft. Eval is drawn first, so its rows do
-    not change when the train or SFT sizes do."""
+SIZES = {"train_math": 192, "train_code": 256, "eval_math": 100, "eval_code": 50, "sft_math": 1600,
+         "sft_code": 500}
+"""Rows per (split, domain). 192 math prompts at 16 per step make a 12-step epoch, so history
+resampling rebuilds the stage-1 pool several times in the demo; 100 held-out math rows keep the
+avg@8 noise near +-0.03."""
+
+
+def build_splits(seed: int = 0, **sizes: int) -> dict:
+    """`{(split, domain): [Problem]}` for split in train/eval/sft; `sizes` overrides `SIZES` entries
+    (`train_math=64`, ...). Eval is drawn first, so its rows do not change when the train or SFT
+    sizes do."""
+    unknown = sorted(set(sizes) - set(SIZES))
+    if unknown:
+        raise ValueError(f"unknown split sizes {unknown}; valid: {sorted(SIZES)}")
+    sizes = {**SIZES, **sizes}
     splits: dict = {}
-    sft = {"math": (n_sft_math, partial(draw_math, weights=SFT_MATH_WEIGHTS)),
-           "code": (n_sft_code, draw_code)}
     for offset, (domain, draw) in enumerate((("math", draw_math), ("code", draw_code))):
         rng, seen = random.Random(seed * 1000 + offset), set()
-        splits["eval", domain] = _draw_new(rng, draw, n_eval, seen, distinct=True)
-        splits["train", domain] = _draw_new(rng, draw, n_train, seen, distinct=True)
-        splits["sft", domain] = _draw_new(rng, sft[domain][1], sft[domain][0], seen, distinct=False)
+        splits["eval", domain] = _draw_new(rng, draw, sizes[f"eval_{domain}"], seen, distinct=True)
+        splits["train", domain] = _draw_new(rng, draw, sizes[f"train_{domain}"], seen, distinct=True)
+        splits["sft", domain] = _draw_new(rng, draw, sizes[f"sft_{domain}"], seen, distinct=False)
     return splits
 
 
@@ -259,14 +266,16 @@ def _rows(problems: list[Problem], split: str, domain: str) -> list[dict]:
     return [{"id": f"{domain}-{split}-{i:05d}", **p.row, "source": SOURCE} for i, p in enumerate(problems)]
 
 
-def _sft_rows(splits: dict) -> list[dict]:
-    """Math and code SFT rows interleaved deterministically (the warm-up shuffles them again)."""
-    rows = []
+def _sft_rows(splits: dict, seed: int) -> list[dict]:
+    """Math and code SFT rows, `WORKED_SHARE` of them worked, interleaved deterministically (the
+    warm-up shuffles them again)."""
+    rng, rows = random.Random(seed), []
     for domain in ("math", "code"):
         for i, p in enumerate(splits["sft", domain]):
+            response = p.response if rng.random() < WORKED_SHARE else p.bare_response
             rows.append({"id": f"{domain}-sft-{i:05d}", "domain": domain, "prompt": p.row["prompt"],
-                         "response": p.response, "source": SOURCE})
-    random.Random(0).shuffle(rows)
+                         "response": response, "source": SOURCE})
+    rng.shuffle(rows)
     return rows
 
 
@@ -274,18 +283,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def make_data(out: str | Path, **sizes: int) -> dict:
+def make_data(out: str | Path, seed: int = 0, **sizes: int) -> dict:
     """Write the four RL/eval files and `sft.jsonl` into `out`; `sizes` are `build_splits`'s arguments.
     Returns `{file name: row count}`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = build_splits(**sizes)
+    splits = build_splits(seed, **sizes)
     counts = {}
     for (split, domain), name in SPLIT_FILES.items():
         rows = _rows(splits[split, domain], split, domain)
         _write_jsonl(out / name, rows)
         counts[name] = len(rows)
-    sft = _sft_rows(splits)
+    sft = _sft_rows(splits, seed)
     _write_jsonl(out / SFT_FILE, sft)
     counts[SFT_FILE] = len(sft)
     return counts
@@ -295,10 +304,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", dest="n_train", type=int, default=300, help="train rows per domain")
-    p.add_argument("--n-eval", dest="n_eval", type=int, default=50, help="eval rows per domain")
-    p.add_argument("--n-sft-math", dest="n_sft_math", type=int, default=1200, help="math SFT rows")
-    p.add_argument("--n-sft-code", dest="n_sft_code", type=int, default=400, help="code SFT rows")
+    for name, default in SIZES.items():
+        split, domain = name.split("_")
+        p.add_argument(f"--n-{split}-{domain}", dest=name, type=int, default=default,
+                       help=f"{split} rows of {domain}")
     args = vars(p.parse_args())
     out = args.pop("out")
     counts = make_data(out, **args)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tiny two-stage SRPO run on CPU: data -> SFT warm-up (cached) -> torchrun 2 ranks -> plot.
+# The tiny two-stage SRPO run on CPU: data -> SFT warm-up (cached) -> torchrun 2 ranks -> summary, plot.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/tiny_cpu}
@@ -12,14 +12,5 @@ rm -rf "$OUT/run"
 .venv/bin/torchrun --nproc-per-node 2 -m srpo_megatron.train --config examples/tiny_cpu/config.yaml \
   training.run_dir="$OUT/run" "$@"
 .venv/bin/python tools/plot_metrics.py "$OUT/run/metrics.jsonl" --out "$OUT/run/metrics.png"
-.venv/bin/python - "$OUT/run/metrics.jsonl" <<'PY'
-import json, sys
-lines = [json.loads(l) for l in open(sys.argv[1])]
-evals = [m for m in lines if any(k.startswith("eval/") for k in m)]
-print("held-out accuracy (avg@k at temperature 1):")
-for m in evals:
-    scores = "  ".join(f"{k[len('eval/accuracy/'):]} {v:.3f}" for k, v in sorted(m.items()) if k.startswith("eval/"))
-    where = "start" if m["step"] == 0 else f"after step {m['step']} ({m['stage']})"
-    print(f"  {where:<34} {scores}")
-PY
+.venv/bin/python tools/run_summary.py "$OUT/run/metrics.jsonl"
 echo "plot: $OUT/run/metrics.png"

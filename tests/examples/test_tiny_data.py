@@ -79,7 +79,7 @@ def test_rows_follow_the_schema(data_dir):
     for name in FILES:
         rows = _read(data_dir / name)
         split, domain = name.removesuffix(".jsonl").split("_")
-        assert len(rows) == {"train": 300, "eval": 50}[split]
+        assert len(rows) == make_data.SIZES[f"{split}_{domain}"]
         for row in rows:
             assert row["domain"] == domain and row["source"] == "synthetic"
             assert isinstance(row["id"], str) and row["prompt"].strip()
@@ -124,6 +124,30 @@ def test_math_answers_are_the_arithmetic_result(data_dir):
             assert boxed == str(_arithmetic(_expression(row["prompt"]))), row
 
 
+def test_math_scratchpad_is_the_running_total_of_the_prompt(data_dir):
+    """Each step applies the prompt's next operand to the previous total, inside [0, MAX_TOTAL]:
+    the procedure the warm-up teaches and RL sharpens is the same on every problem."""
+    lengths = set()
+    for row in _read(data_dir / make_data.SFT_FILE):
+        if row["domain"] != "math" or not row["response"].startswith("<think>"):
+            continue
+        first, *rest = re.findall(r"[+-] \d+|\d+", _expression(row["prompt"]))
+        steps = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", row["response"])
+        assert len(steps) == len(rest), row
+        total = int(first)
+        for (before, op, digit, after), operand in zip(steps, rest, strict=True):
+            assert f"{op} {digit}" == operand and int(before) == total and 1 <= int(digit) <= 9, row
+            total = _arithmetic(f"{total} {operand}")
+            assert int(after) == total and 0 <= total <= make_data.MAX_TOTAL, row
+        lengths.add(len(steps))
+    assert lengths == set(make_data.CHAIN_STEPS)
+
+
+def test_split_sizes_are_validated():
+    with pytest.raises(ValueError, match="unknown split sizes .'train'.; valid"):
+        make_data.build_splits(train=10)
+
+
 def test_code_tests_agree_with_the_reference_solution(data_dir):
     splits = make_data.build_splits()
     for split in ("train", "eval"):
@@ -140,17 +164,28 @@ def test_code_tests_agree_with_the_reference_solution(data_dir):
 
 
 def test_reference_responses_earn_full_reward():
-    """The response format the warm-up teaches is the one the reward functions grade."""
+    """The formats the warm-up teaches, worked and bare, are the ones the reward functions grade;
+    only the worked one carries the think block."""
     splits = make_data.build_splits()
     math_problems, code_problems = splits["train", "math"][:6], splits["train", "code"][:6]
     with GradingPool(workers=1, timeout_s=30.0) as pool:
-        responses, answers = [p.response for p in math_problems], [p.row["answer"] for p in math_problems]
-        results = math_reward_batch(responses, answers, pool=pool)
-    assert [r.score for r in results] == [1.0] * 6, results
+        for kind in ("response", "bare_response"):
+            responses = [getattr(p, kind) for p in math_problems]
+            results = math_reward_batch(responses, [p.row["answer"] for p in math_problems], pool=pool)
+            assert [r.score for r in results] == [1.0] * 6, (kind, results)
     for problem in code_problems:
         assert code_reward(problem.response, problem.row["tests"]).score == 1.0, problem
+        assert code_reward(problem.bare_response, problem.row["tests"]).score == 1.0, problem
     for problem in math_problems + code_problems:
         assert format_reward(problem.response).score == 1.0, problem.response
+        assert "<think>" not in problem.bare_response and problem.bare_response in problem.response
+
+
+def test_warmup_corpus_mixes_worked_and_bare_answers(data_dir):
+    for domain in ("math", "code"):
+        rows = [row for row in _read(data_dir / make_data.SFT_FILE) if row["domain"] == domain]
+        worked = sum(row["response"].startswith("<think>") for row in rows) / len(rows)
+        assert abs(worked - make_data.WORKED_SHARE) < 0.05, (domain, worked)
 
 
 def test_cache_key_follows_arguments_and_data(data_dir, tmp_path):
