@@ -3,7 +3,7 @@
 A freshly initialised tiny model never produces a `\\boxed{}` answer or a code block, so every rollout
 scores 0 and group-relative advantages are all zero: RL has nothing to learn from. This tool trains
 a fresh `tools.make_tiny_model` model on correct solutions (`sft.jsonl` from
-`examples/tiny_cpu/make_data.py`) for a few hundred steps, stopping while it is still wrong on a good
+`examples/tiny_cpu/make_data.py`) for several hundred steps, stopping while it is still wrong on a good
 share of the RL train problems (whose prompts the warm-up never sees), and measures that share with
 the project's reward functions, greedy and at temperature 1.
 
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="directory written by examples/tiny_cpu/make_data.py")
     p.add_argument("--out", required=True, help="cache directory; the model goes to OUT/sft-<hash>")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps (fewer: less competent)")
+    p.add_argument("--steps", type=int, default=700,
+                   help="optimizer steps: past the point (~500 on the chain task) where the tiny model learns "
+                   "to copy the next operand, well short of full competence")
     p.add_argument("--seed", type=int, default=0, help="model init, data order and sampling seed")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")

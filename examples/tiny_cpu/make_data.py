@@ -48,7 +48,7 @@ class Problem:
     """The same answer without the work: `\\boxed{}` or the code block alone."""
 
 
-WORKED_SHARE = 0.6
+WORKED_SHARE = 0.7
 """Share of warm-up demonstrations that show their work; the rest give the bare answer, as terse
 solutions do in real SFT corpora. The warm-up model then sometimes answers without working, which
 on a chain of several steps is usually wrong: RL finds that working pays, on every problem,
