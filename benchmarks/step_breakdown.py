@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = prepare(Path(tmp))
-        # stays inside stage 1 (8 steps in the config): one engine warm-up, no stage switch
+        # stays inside stage 1 (30 steps in the config): one engine warm-up, no stage switch
         metrics = train(env, Path(tmp) / "run", [f"training.steps={min(args.steps, 8)}", "training.save_every=0"])
     steady = metrics[1:] or metrics  # the first step pays one-off warm-up costs
     mean = {k: sum(m[k] for m in steady) / len(steady) for k in ("t_rollout", "t_reward", "t_train", "t_sync", "t_step")}
