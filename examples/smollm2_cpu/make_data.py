@@ -36,87 +36,87 @@ class Template:
 
 
 def _more(rng: random.Random) -> tuple[str, int]:
-    name, item, have, more = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 20), rng.randint(2, 20)
+    name, item, have, more = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 12), rng.randint(1, 9)
     return (f"{name} has {have} {item}s and gets {more} more. How many {item}s does {name} have now?",
             have + more)
 
 
 def _give_away(rng: random.Random) -> tuple[str, int]:
-    name, item, have = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(5, 30)
+    name, item, have = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(4, 15)
     given = rng.randint(1, have - 1)
     return (f"{name} has {have} {item}s and gives {given} of them to a friend. "
             f"How many {item}s does {name} have left?", have - given)
 
 
 def _shopping(rng: random.Random) -> tuple[str, int]:
-    name, item, count, price = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 9), rng.randint(2, 12)
+    name, item, count, price = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 5), rng.randint(2, 6)
     return (f"{name} buys {count} {item}s. Each {item} costs {price} dollars. "
             f"How many dollars does {name} spend?", count * price)
 
 
 def _change(rng: random.Random) -> tuple[str, int]:
-    name, item, count, price = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 6), rng.randint(2, 9)
-    money = count * price + rng.randint(1, 30)
+    name, item, count, price = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 4), rng.randint(2, 5)
+    money = count * price + rng.randint(1, 10)
     return (f"{name} has {money} dollars and buys {count} {item}s that cost {price} dollars each. "
             f"How many dollars does {name} have left?", money - count * price)
 
 
 def _sharing(rng: random.Random) -> tuple[str, int]:
-    name, item, friends, each = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 9), rng.randint(2, 12)
+    name, item, friends, each = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 5), rng.randint(2, 6)
     return (f"{name} has {friends * each} {item}s and shares them equally among {friends} friends. "
             f"How many {item}s does each friend get?", each)
 
 
 def _keep_and_share(rng: random.Random) -> tuple[str, int]:
-    name, item, friends, each = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 6), rng.randint(2, 9)
-    kept = rng.randint(1, 15)
+    name, item, friends, each = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 4), rng.randint(2, 5)
+    kept = rng.randint(1, 6)
     return (f"{name} has {friends * each + kept} {item}s, keeps {kept} of them and shares the rest "
             f"equally among {friends} friends. How many {item}s does each friend get?", each)
 
 
 def _ages(rng: random.Random) -> tuple[str, int]:
     a, b = rng.sample(NAMES, 2)
-    age, older, years = rng.randint(3, 40), rng.randint(1, 30), rng.randint(1, 20)
+    age, older, years = rng.randint(3, 15), rng.randint(1, 9), rng.randint(1, 9)
     return (f"{a} is {age} years old. {b} is {older} years older than {a}. "
             f"How old will {b} be in {years} years?", age + older + years)
 
 
 def _ages_times(rng: random.Random) -> tuple[str, int]:
-    child, factor = rng.randint(2, 12), rng.randint(2, 5)
+    child, factor = rng.randint(2, 12), rng.randint(2, 4)
     name = rng.choice(NAMES)
     return (f"{name} is {child} years old. {name}'s grandfather is {factor} times as old as {name}. "
             f"How old is the grandfather?", child * factor)
 
 
 def _speed(rng: random.Random) -> tuple[str, int]:
-    vehicle, speed, hours = rng.choice(VEHICLES), rng.randint(2, 16) * 5, rng.randint(2, 6)
+    vehicle, speed, hours = rng.choice(VEHICLES), rng.randint(2, 12) * 10, rng.randint(2, 4)
     return (f"A {vehicle} travels at {speed} kilometers per hour for {hours} hours. "
             f"How many kilometers does it travel?", speed * hours)
 
 
 def _work_rate(rng: random.Random) -> tuple[str, int]:
-    item, rate, hours = rng.choice(ITEMS), rng.randint(2, 12), rng.randint(2, 9)
+    item, rate, hours = rng.choice(ITEMS), rng.randint(2, 6), rng.randint(2, 5)
     return (f"A machine makes {rate} {item}s every hour. "
             f"How many hours does it take to make {rate * hours} {item}s?", hours)
 
 
 def _boxes(rng: random.Random) -> tuple[str, int]:
-    name, item, boxes, per_box = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 9), rng.randint(2, 9)
+    name, item, boxes, per_box = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(2, 5), rng.randint(2, 5)
     taken = rng.randint(1, boxes * per_box - 1)
     return (f"There are {boxes} boxes with {per_box} {item}s in each box. {name} takes {taken} {item}s. "
             f"How many {item}s are left in the boxes?", boxes * per_box - taken)
 
 
 def _savings(rng: random.Random) -> tuple[str, int]:
-    name, weekly, weeks = rng.choice(NAMES), rng.randint(2, 12), rng.randint(2, 8)
+    name, weekly, weeks = rng.choice(NAMES), rng.randint(2, 6), rng.randint(2, 4)
     spent = rng.randint(1, weekly * weeks - 1)
     return (f"{name} saves {weekly} dollars every week. After {weeks} weeks, {name} spends {spent} dollars. "
             f"How many dollars does {name} have now?", weekly * weeks - spent)
 
 
 def _bus(rng: random.Random) -> tuple[str, int]:
-    start = rng.randint(10, 40)
-    off, on = rng.randint(1, start - 1), rng.randint(1, 20)
+    start = rng.randint(5, 20)
+    off, on = rng.randint(1, start - 1), rng.randint(1, 9)
     return (f"A bus has {start} passengers. At the next stop {off} passengers get off and {on} get on. "
             f"How many passengers are on the bus now?", start - off + on)
 
