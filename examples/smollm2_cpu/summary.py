@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="the run's config YAML")
     parser.add_argument("overrides", nargs="*", help="the config overrides the run was started with")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     summary = summarize(read_metrics(args.metrics), load_config(args.config, args.overrides))
     if args.json:
         print(json.dumps(summary))
