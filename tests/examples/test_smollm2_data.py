@@ -4,30 +4,19 @@ GGUF -> HF tool (tools/smollm2_to_hf.py)."""
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.examples.scripts import load_script
 from tools import smollm2_to_hf
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_make_data():
-    """examples/ is not a package: load the script as a module (registered, as dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("smollm2_make_data", ROOT / "examples/smollm2_cpu/make_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make_data = _load_make_data()
+make_data = load_script("smollm2_make_data", "examples/smollm2_cpu/make_data.py")
 
 # Each template's answer recomputed from the numbers in its prompt, independently of make_data.
 _N = r"(\d+)"

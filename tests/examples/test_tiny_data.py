@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import operator
 import re
@@ -17,6 +16,7 @@ import pytest
 from srpo_megatron.rewards.code import code_reward
 from srpo_megatron.rewards.format import format_reward
 from srpo_megatron.rewards.math import GradingPool, math_reward_batch
+from tests.examples.scripts import load_script
 from tools import sft_warmup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,16 +24,7 @@ FILES = ("train_math.jsonl", "train_code.jsonl", "eval_math.jsonl", "eval_code.j
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 
-def _load_make_data():
-    """examples/ is not a package: load the script as a module (registered, as dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("tiny_make_data", ROOT / "examples/tiny_cpu/make_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make_data = _load_make_data()
+make_data = load_script("tiny_make_data", "examples/tiny_cpu/make_data.py")
 
 
 def _read(path: Path) -> list[dict]:
