@@ -16,15 +16,9 @@ from srpo_megatron.convert.mcore_io import CheckpointInfo, save_model
 from srpo_megatron.models.hf_config import ModelShape
 
 
-def layer_offset(model) -> int:
-    """Global index of this pipeline stage's first transformer layer."""
-    layers = model.decoder.layers
-    return layers[0].layer_number - 1 if len(layers) else 0
-
-
 def rule_for(name: str, rules: dict[str, layout.ParamRule], shape: ModelShape) -> layout.ParamRule:
-    if name == "output_layer.weight" and shape.tied_embeddings:
-        return rules["embedding.word_embeddings.weight"]  # the last stage's copy of tied weights
+    if layout.is_tied_output_copy(name, shape):
+        return rules["embedding.word_embeddings.weight"]
     if name not in rules:
         raise KeyError(f"megatron parameter {name!r} has no conversion rule")
     return rules[name]
@@ -39,7 +33,7 @@ def load_hf_weights(model, hf_dir: str | Path, shape: ModelShape, vocab_size_pad
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     weights = HFWeights(hf_dir)
     rules = layout.rules_by_name(shape)
-    offset = layer_offset(model)
+    offset = layout.layer_offset(model)
     for name, param in model.named_parameters():
         template, layer = layout.canonical_name(name, offset)
         rule = rule_for(template, rules, shape)

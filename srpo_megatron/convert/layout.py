@@ -167,6 +167,25 @@ def rules_by_name(shape: ModelShape) -> dict[str, ParamRule]:
     return {rule.name: rule for rule in param_rules(shape)}
 
 
+# ---- a model's own parameters, and the HF names a full tensor becomes ---------------------------
+
+def layer_offset(model) -> int:
+    """Global index of this pipeline stage's first transformer layer."""
+    layers = model.decoder.layers
+    return layers[0].layer_number - 1 if len(layers) else 0
+
+
+def is_tied_output_copy(name: str, shape: ModelShape) -> bool:
+    """Whether `name` is the last stage's copy of a tied embedding: it holds the embedding's
+    weights, has no HF tensor of its own, and the embedding's rule describes it."""
+    return name == "output_layer.weight" and shape.tied_embeddings
+
+
+def hf_named(rule: ParamRule, layer: int | None, full: torch.Tensor,
+             shape: ModelShape) -> list[tuple[str, torch.Tensor]]:
+    """The (HF name, tensor) pairs one full Megatron tensor of `layer` becomes."""
+    return [(resolve(name, layer), tensor) for name, tensor in zip(rule.hf_names, mcore_to_hf(rule, full, shape))]
+
 
 def full_shape(rule: ParamRule, shape: ModelShape, vocab_size_padded: int) -> tuple[int, ...]:
     """Shape of the full (unsharded) Megatron tensor, known on every rank without communication."""

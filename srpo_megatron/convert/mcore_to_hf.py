@@ -43,9 +43,7 @@ def iter_checkpoint_hf_tensors(ckpt_dir: str | Path, shape: ModelShape):
             raise KeyError(f"checkpoint {ckpt_dir} has no tensor {rule.checkpoint_key!r}")
         meta = metadata[rule.checkpoint_key]
         for layer in range(shape.num_layers) if rule.per_layer else [None]:
-            full = _load_slice(ckpt_dir, rule.checkpoint_key, meta, layer)
-            for hf_name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape)):
-                yield layout.resolve(hf_name, layer), tensor
+            yield from layout.hf_named(rule, layer, _load_slice(ckpt_dir, rule.checkpoint_key, meta, layer), shape)
 
 
 def convert_mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_bytes: int = 2 * 1024**3) -> Path:
