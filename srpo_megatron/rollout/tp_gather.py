@@ -44,18 +44,12 @@ class TensorParallelGather:
         return out
 
 
-_GATHERS: dict[tuple[int, ...], TensorParallelGather] = {}
-
-
 def tensor_parallel_gather() -> TensorParallelGather:
-    """The gather for megatron's current TP group, built once per process and group."""
+    """A gather over megatron's current TP group. Build it once and keep it with whoever syncs
+    (the trainer): on CPU, building one joins a shared-memory group, a collective."""
     from megatron.core import parallel_state as ps
 
-    group = ps.get_tensor_model_parallel_group()
-    key = (id(group), *dist.get_process_group_ranks(group))
-    if key not in _GATHERS:
-        _GATHERS[key] = TensorParallelGather(group)
-    return _GATHERS[key]
+    return TensorParallelGather(ps.get_tensor_model_parallel_group())
 
 
 def _open_shared_memory(group: dist.ProcessGroup, size: int) -> int | None:

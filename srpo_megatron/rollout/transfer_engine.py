@@ -32,6 +32,7 @@ from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
 from srpo_megatron.models.hf_config import ModelShape
+from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
 from srpo_megatron.rollout.weight_sync import hf_weight_shapes, iter_full_hf_weights
 
 Backend = Literal["ipc", "nccl"]
@@ -47,6 +48,7 @@ class MegatronWeightSource(WeightSource):
 
     def __init__(self, model, shape: ModelShape, vocab_size_padded: int) -> None:
         self._model, self._shape, self._vocab_size_padded = model, shape, vocab_size_padded
+        self._gather = tensor_parallel_gather()  # kept: every sync reuses it
         dtype = next(model.parameters()).dtype
         self._metadata = [ParamMeta(name, dtype, hf_shape)
                           for name, hf_shape in hf_weight_shapes(shape, vocab_size_padded)]
@@ -55,7 +57,7 @@ class MegatronWeightSource(WeightSource):
         return self._metadata
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter_full_hf_weights(self._model, self._shape, self._vocab_size_padded)
+        return iter_full_hf_weights(self._model, self._shape, self._vocab_size_padded, self._gather)
 
 
 def connect_transfer_engine(

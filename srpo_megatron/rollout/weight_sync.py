@@ -22,9 +22,8 @@ import torch
 import torch.distributed as dist
 
 from srpo_megatron.convert import layout
-from srpo_megatron.convert.hf_to_mcore import layer_offset
 from srpo_megatron.models.hf_config import ModelShape
-from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
+from srpo_megatron.rollout.tp_gather import TensorParallelGather, tensor_parallel_gather
 
 
 @dataclass
@@ -44,22 +43,25 @@ def _owner_stage(rule: layout.ParamRule, layer: int | None, shape: ModelShape, p
 
 def _local_params(model, shape: ModelShape) -> dict[tuple[str, int | None], torch.nn.Parameter]:
     """This stage's parameters keyed by (canonical rule name, global layer)."""
-    offset = layer_offset(model)
+    offset = layout.layer_offset(model)
     params = {}
     for name, param in model.named_parameters():
         template, layer = layout.canonical_name(name, offset)
-        if name == "output_layer.weight" and shape.tied_embeddings:
-            continue  # the last stage's copy of the tied embedding; stage 0 sends the original
+        if layout.is_tied_output_copy(name, shape):
+            continue  # stage 0 sends the original
         params[(template, layer)] = param
     return params
 
 
 @torch.no_grad()
-def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (hf_name, full tensor) on every rank; a collective over the TP and PP groups."""
+def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int,
+                         gather: TensorParallelGather | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (hf_name, full tensor) on every rank; a collective over the TP and PP groups.
+
+    `gather`: the TP gather to use; repeated syncs pass the one they keep (default: a new one)."""
     from megatron.core import parallel_state as ps
 
-    gather = tensor_parallel_gather()
+    gather = gather or tensor_parallel_gather()
     pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     params = _local_params(model, shape)
     dtype = next(iter(params.values())).dtype
@@ -75,7 +77,7 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int) -> It
             pp_group = ps.get_pipeline_model_parallel_group()
             full = full.contiguous()
             dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
-        yield from _hf_named(rule, layer, full, shape)
+        yield from layout.hf_named(rule, layer, full, shape)
 
 
 def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -84,15 +86,8 @@ def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[st
     shapes = []
     for rule, layer in layout.sync_order(shape):
         full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), device="meta")
-        shapes += [(name, tuple(tensor.shape)) for name, tensor in _hf_named(rule, layer, full, shape)]
+        shapes += [(name, tuple(tensor.shape)) for name, tensor in layout.hf_named(rule, layer, full, shape)]
     return shapes
-
-
-def _hf_named(rule: layout.ParamRule, layer: int | None, full: torch.Tensor,
-              shape: ModelShape) -> list[tuple[str, torch.Tensor]]:
-    """The (HF name, tensor) pairs one full Megatron tensor becomes."""
-    return [(layout.resolve(name, layer), tensor)
-            for name, tensor in zip(rule.hf_names, layout.mcore_to_hf(rule, full, shape))]
 
 
 def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):
@@ -111,10 +106,11 @@ def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):
 
 
 def sync_weights(model, engine, shape: ModelShape, vocab_size_padded: int,
-                 bucket_bytes: int = 512 * 1024**2) -> SyncStats:
+                 bucket_bytes: int = 512 * 1024**2, gather: TensorParallelGather | None = None) -> SyncStats:
     """Push the policy's current weights into `engine` (a RolloutEngine). Collective."""
     stats = SyncStats()
-    for bucket, size in _buckets(iter_full_hf_weights(model, shape, vocab_size_padded), bucket_bytes):
+    weights = iter_full_hf_weights(model, shape, vocab_size_padded, gather)
+    for bucket, size in _buckets(weights, bucket_bytes):
         engine.load_weights(bucket)
         stats.bytes_moved += size
         stats.buckets += 1
