@@ -1,16 +1,20 @@
 """Code accuracy reward: extract the program, run it on the row's test cases in the sandbox.
 
-Tests follow the APPS/TACO/LiveCodeBench convention:
-- stdin tests `{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}`: stdout must equal the expected output
-  after stripping trailing whitespace per line and trailing blank lines;
+Three kinds of tests (`parse_tests` tells them apart):
+- stdin tests `{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}` (APPS/TACO/LiveCodeBench): stdout must
+  equal the expected output after stripping trailing whitespace per line and trailing blank lines;
 - function-call tests `{"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}`: `add(*args)` (or
   `Solution().add(*args)`, LeetCode style) must return the expected value. LiveCodeBench's form, an
-  input string of one JSON value per line and a JSON output string, is accepted too.
-Expected outputs stay in this process; the sandbox only sees inputs.
+  input string of one JSON value per line and a JSON output string, is accepted too. For these two
+  kinds expected outputs stay in this process; the sandbox only sees inputs;
+- test programs `{"test_code": ["assert add(1, 2) == 3", ...], "setup_code"?: str, "entry_point"?: str}`
+  (HumanEval, MBPP, pytest-style sets): Python test code run after the candidate in the same
+  program, see `TestProgram`.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import uuid
@@ -38,6 +42,72 @@ def __srpo_call(name, marker):
     sys.stdout.write("\\n" + marker + json.dumps(result, default=encode) + "\\n")
 
 __srpo_call({name!r}, {marker!r})
+"""
+
+
+# Appended to the program in test-program mode (after a blank line); runs in the program's own globals.
+# Verdicts go straight to fd 1 after the program's buffered output, one marker line per test.
+_TEST_STUB = """
+
+def __srpo_tests(tests, setup, entry_point, marker):
+    import json, os, sys, traceback, types
+
+    def verdict(index, failure):
+        try:
+            sys.stdout.flush()
+        finally:
+            os.write(1, ("\\n" + marker + json.dumps([index, failure]) + "\\n").encode())
+
+    def describe(exc, source, filename):
+        text = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        lines = source.splitlines()
+        if frames and 0 < frames[-1].lineno <= len(lines):
+            text += " at `" + lines[frames[-1].lineno - 1].strip() + "`"
+        return text[:1000]
+
+    sys.modules.setdefault("solution", sys.modules[__name__])  # `from solution import f` (pytest-style sets)
+    base = dict(globals())
+    try:
+        exec(compile(setup, "<test setup>", "exec"), base)
+        candidate = base.get(entry_point) if entry_point else None
+        if entry_point and not callable(candidate):
+            raise NameError("the program does not define " + entry_point + "()")
+    except BaseException as exc:
+        for index in range(len(tests)):
+            verdict(index, describe(exc, setup, "<test setup>"))
+        return
+    def run_case(case):
+        unittest = sys.modules["unittest"]
+        result = unittest.TestResult()
+        unittest.defaultTestLoader.loadTestsFromTestCase(case).run(result)
+        if not result.wasSuccessful():
+            test, trace = (result.failures + result.errors)[0]
+            raise AssertionError(test.id().rsplit(".", 1)[-1] + ": " + trace.strip().splitlines()[-1])
+
+    for index, source in enumerate(tests):
+        namespace = dict(base)
+        try:
+            exec(compile(source, "<test>", "exec"), namespace)
+            unittest = sys.modules.get("unittest")
+            for name, value in list(namespace.items()):
+                if base.get(name) is value:
+                    continue
+                if isinstance(value, types.FunctionType):
+                    if name == "check" and entry_point:
+                        value(candidate)
+                    elif name.startswith("test"):
+                        value()
+                elif unittest is not None and isinstance(value, type) and issubclass(value, unittest.TestCase):
+                    run_case(value)
+                elif isinstance(value, type) and name.startswith("Test"):  # pytest test class
+                    instance = value()
+                    for method in [m for m in vars(value) if m.startswith("test")]:
+                        getattr(instance, method)()
+        except BaseException as exc:
+            verdict(index, describe(exc, source, "<test>"))
+        else:
+            verdict(index, None)
 """
 
 
@@ -76,7 +146,7 @@ def extract_program(response: str, extraction: ProgramExtraction = ProgramExtrac
 
 @dataclass(frozen=True)
 class TestSuite:
-    """A row's test cases in one normalised form."""
+    """A row's stdin or function-call test cases in one normalised form: one sandbox run per case."""
 
     fn_name: str | None
     inputs: tuple[bytes, ...]
@@ -106,11 +176,24 @@ class TestSuite:
             str(fn_name), tuple(json.dumps(a).encode() for a in args), tuple(map(_json_value, outputs))
         )
 
+    @property
+    def n_tests(self) -> int:
+        return len(self.inputs)
+
+    def tests_run(self, n_runs: int) -> int:
+        """Tests decided by the first `n_runs` sandbox runs: one each."""
+        return n_runs
+
     def source(self, program: str, marker: str) -> str:
         """The program to run: as written (stdin tests) or followed by the call stub."""
         if self.fn_name is None:
             return program
         return program + _CALL_STUB.format(name=self.fn_name, marker=marker)
+
+    def failures(self, index: int, outcome: RunOutcome, marker: str) -> dict[int, str]:
+        """{test index: why it failed} for sandbox run `index` (test `index`); empty when it passed."""
+        failure = self.check(index, outcome, marker)
+        return {} if failure is None else {index: failure}
 
     def check(self, index: int, outcome: RunOutcome, marker: str) -> str | None:
         """None when run `index` passed, else why it failed."""
@@ -130,6 +213,121 @@ class TestSuite:
         if _same_value(actual, expected) or _same_value([actual], expected):  # TACO wraps outputs
             return None
         return "wrong answer"
+
+
+@dataclass(frozen=True)
+class TestProgram:
+    """Python test code run against the candidate program (HumanEval, MBPP, pytest-style sets).
+
+    The candidate and the tests are one program, run once: the candidate's code first, then
+    `setup` and each test in turn, each test in its own copy of the program's globals. A test runs
+    its top-level code (`assert` lines), then `check(candidate)` when it defines `check` and an
+    `entry_point` is given (HumanEval), then every `test*` function, `Test*` class and
+    `unittest.TestCase` it defines (pytest / unittest style; the program is importable as `solution`).
+    A test passes when all of that returns; an assert or any exception fails it with the exception and
+    the test line as the reason, never the grader. Test code that cannot fail (no assert, raise or
+    assert* call) is rejected when parsed: it would pass any program.
+    A test passes only on a verdict line carrying the per-call marker, so a program that exits early
+    (`sys.exit(0)`, `os._exit(0)`) passes nothing.
+
+    What the one-program design cannot hide: the test code travels inside the program's source, not
+    on stdin, in files or in arguments, so the candidate cannot read it by I/O; but it shares one
+    interpreter with its tests, so a program that introspects its own code object or the runner's
+    memory can find the tests and the marker, and one that patches builtins or returns objects whose
+    `__eq__` always holds can fool a test (as in the reference harnesses). Stdin and function-call
+    tests keep their expected outputs out of the sandbox altogether.
+    """
+
+    tests: tuple[str, ...]
+    setup: str = ""
+    entry_point: str | None = None
+
+    @classmethod
+    def from_tests(cls, tests: Mapping) -> TestProgram:
+        """Parse `{"test_code": str | [str, ...], "setup_code"?, "entry_point"?}`; malformed ones raise."""
+        code = tests["test_code"]
+        code = [code] if isinstance(code, str) else code
+        if not isinstance(code, (list, tuple)) or not code or not all(isinstance(t, str) and t.strip() for t in code):
+            raise ValueError(f"'test_code' must be Python code or a non-empty list of it; got {str(code)[:200]!r}")
+        setup = tests.get("setup_code") or ""
+        entry_point = tests.get("entry_point") or None
+        if not isinstance(setup, str):
+            raise ValueError(f"'setup_code' must be Python code; got {type(setup).__name__}")
+        if entry_point is not None and not (isinstance(entry_point, str) and entry_point.isidentifier()):
+            raise ValueError(f"'entry_point' must be a Python name; got {entry_point!r}")
+        _parse_python(setup, "setup_code")
+        for index, source in enumerate(code):
+            _check_test(_parse_python(source, f"test_code[{index}]"), f"test_code[{index}]", entry_point)
+        return cls(tuple(code), setup, entry_point)
+
+    @property
+    def inputs(self) -> tuple[bytes, ...]:
+        """One sandbox run, on empty stdin, decides every test."""
+        return (b"",)
+
+    @property
+    def n_tests(self) -> int:
+        return len(self.tests)
+
+    def tests_run(self, n_runs: int) -> int:
+        """Tests decided by the first `n_runs` sandbox runs: all of them by the one run."""
+        return self.n_tests if n_runs else 0
+
+    def source(self, program: str, marker: str) -> str:
+        """The candidate program followed by the test stub and its call."""
+        call = f"__srpo_tests({self.tests!r}, {self.setup!r}, {self.entry_point!r}, {marker!r})\n"
+        return program + _TEST_STUB + call
+
+    def failures(self, index: int, outcome: RunOutcome, marker: str) -> dict[int, str]:
+        """{test index: why it failed}; a test without a verdict fails with the run's own failure."""
+        verdicts: dict[int, str | None] = {}
+        stdout = outcome.stdout.decode(errors="replace")
+        for line in stdout.split("\n"):
+            at = line.find(marker)
+            if at < 0:
+                continue
+            try:
+                test, failure = json.loads(line[at + len(marker) :])
+            except (ValueError, TypeError):
+                continue
+            if isinstance(test, int) and 0 <= test < self.n_tests and (failure is None or isinstance(failure, str)):
+                verdicts.setdefault(test, failure)
+        missing = "the program ended before this test ran" if outcome.status == "ok" else _failure(outcome)
+        failures = {test: verdicts.get(test, missing) for test in range(self.n_tests)}
+        return {test: reason for test, reason in failures.items() if reason is not None}
+
+
+def _parse_python(source: str, name: str) -> ast.Module:
+    try:
+        return ast.parse(source, f"<{name}>")  # parsed only, never run in this process
+    except (SyntaxError, ValueError) as err:
+        raise ValueError(f"'{name}' is not valid Python: {err}") from None
+
+
+def _check_test(tree: ast.Module, name: str, entry_point: str | None) -> None:
+    """A test must be able to fail, and `check(candidate)` needs the entry point to pass in."""
+    if entry_point is None and any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
+        raise ValueError(f"'{name}' defines check(candidate) but no 'entry_point' names the function to pass it")
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assert, ast.Raise)):
+            return
+        if isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if "assert" in called.lower() or called == "fail":
+                return
+    raise ValueError(f"'{name}' has no assert, raise or assert*() call: it would pass any program")
+
+
+CodeTests = TestSuite | TestProgram
+
+
+def parse_tests(tests: Mapping | str) -> CodeTests:
+    """A row's `tests` (dict or JSON string) as the suite that runs them; a malformed one raises."""
+    if isinstance(tests, str):
+        tests = json.loads(tests)
+    if isinstance(tests, Mapping) and "test_code" in tests:
+        return TestProgram.from_tests(tests)
+    return TestSuite.from_tests(tests)
 
 
 def _lines(value: Any) -> str:
@@ -196,37 +394,35 @@ def code_reward(
     """1.0 when the response's program passes every test (or the passed fraction with
     `partial_credit`). Without partial credit the run stops at the first failing test."""
     program = extract_program(response, extraction)
-    suite = TestSuite.from_tests(tests)
+    suite = parse_tests(tests)
     if program is None:
         return RewardResult(0.0, "no code block found")
     marker = f"@@srpo-result-{uuid.uuid4().hex}@@"
     failures: dict[int, str] = {}
 
     def stop(index: int, outcome: RunOutcome) -> bool:
-        failure = suite.check(index, outcome, marker)
-        if failure is not None:
-            failures[index] = failure
-        return failure is not None and not partial_credit
+        found = suite.failures(index, outcome, marker)
+        failures.update(found)
+        return bool(found) and not partial_credit
 
     report = (sandbox or Sandbox()).run(suite.source(program, marker), suite.inputs, stop)
-    return _score(report, failures, len(suite.inputs), partial_credit)
+    return _score(report, failures, suite, partial_credit)
 
 
-def _score(
-    report: SandboxReport, failures: dict[int, str], n_tests: int, partial_credit: bool
-) -> RewardResult:
+def _score(report: SandboxReport, failures: dict[int, str], suite: CodeTests, partial_credit: bool) -> RewardResult:
     if report.status == "compile_error":
         last_line = (report.detail.splitlines() or ["?"])[-1]
         return RewardResult(0.0, f"compile error: {last_line[:_REASON_CHARS]}")
+    ran, n_tests = suite.tests_run(len(report.runs)), suite.n_tests
     if report.status == "timeout":
-        failures.setdefault(len(report.runs), "timeout")
+        failures.setdefault(ran, "timeout")
     elif report.status == "crashed":
-        failures.setdefault(len(report.runs), f"sandbox crashed: {report.detail[:_REASON_CHARS]}")
-    passed = len(report.runs) - len([i for i in failures if i < len(report.runs)])
+        failures.setdefault(ran, f"sandbox crashed: {report.detail[:_REASON_CHARS]}")
+    passed = ran - len([i for i in failures if i < ran])
     if passed == n_tests:
         return RewardResult(1.0, f"passed {n_tests}/{n_tests} tests")
     first = min(failures)
-    reason = f"test {first + 1}/{n_tests}: {failures[first]}"
+    reason = f"test {first + 1}/{n_tests}: {failures[first][:_REASON_CHARS]}"
     return RewardResult(passed / n_tests if partial_credit else 0.0, reason)
 
 
