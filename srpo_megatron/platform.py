@@ -4,8 +4,9 @@ This is the only module that decides which device the job is on. Everything else
 `device()` or receives the `DistributedContext` returned by `init_distributed`.
 
 The CPU compatibility layer exists so the *same* megatron-core code paths (schedules, DDP,
-optimizer, tensor-parallel layers) run on GPU-less machines for tests and demos. It is active
-only when CUDA is unavailable and does four things:
+optimizer, tensor-parallel layers) run on GPU-less machines for tests and demos. `CpuCompat` is
+a context: `init_distributed` enters it when CUDA is unavailable and `destroy_distributed` leaves
+it, restoring every name it patched. While active it does four things:
 1. `torch.cuda.current_device()` returns "cpu", so megatron's `device=torch.cuda.current_device()`
    allocations land on the CPU;
 2. a `TorchFunctionMode` remaps the remaining hard-coded `device="cuda"` allocations and
@@ -85,8 +86,8 @@ def init_distributed(
     backend = "nccl" if cuda_available() else "gloo"
     if cuda_available():
         torch.cuda.set_device(local_rank)
-    else:
-        enable_cpu_compat()
+    elif active_cpu_compat() is None:
+        CpuCompat().__enter__()  # left by destroy_distributed
     if not dist.is_initialized():
         timeout = datetime.timedelta(minutes=timeout_minutes)
         if world_size == 1 and "MASTER_PORT" not in os.environ:
@@ -118,12 +119,16 @@ def init_distributed(
 
 
 def destroy_distributed() -> None:
+    """Undo `init_distributed`: megatron's parallel state, the process group, the CPU layer."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    compat = active_cpu_compat()
+    if compat is not None:
+        compat.__exit__(None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,26 +209,62 @@ def _cpu_clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_deco
         torch._foreach_mul_(grads, clip_coeff)
 
 
-_cpu_compat_enabled = False
+class CpuCompat:
+    """The CPU compatibility layer (see the module docstring) as a context: entering patches
+    torch and megatron, leaving restores every patched name and leaves the device mode.
+
+    Its state hangs on what it patched: while active, `torch.cuda.current_device` is this
+    object's bound method, which is how `active_cpu_compat` finds it (no module-level flag).
+    Entered and left once; other torch function modes entered meanwhile must be left first.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[object, str, object]] = []
+        self._mode = _CudaToCpuMode()
+
+    def current_device(self) -> str:
+        return "cpu"  # megatron's `device=torch.cuda.current_device()` allocations land on the CPU
+
+    def _patches(self) -> list[tuple[object, str, object]]:
+        from megatron.core.optimizer import clip_grads, optimizer
+        from megatron.core.tensor_parallel import random as mcore_random
+
+        return [
+            (torch.cuda, "current_device", self.current_device),
+            (torch.cuda, "synchronize", _no_op),
+            (mcore_random, "_CUDA_RNG_STATE_TRACKER", _make_cpu_rng_tracker()()),
+            (mcore_random, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", True),
+            (mcore_random, "initialize_rng_tracker", _no_op),
+            (clip_grads, "clip_grad_by_total_norm_fp32", _cpu_clip_grad_by_total_norm_fp32),
+            (optimizer, "clip_grad_by_total_norm_fp32", _cpu_clip_grad_by_total_norm_fp32),
+        ]
+
+    def __enter__(self) -> CpuCompat:
+        if cuda_available():
+            raise RuntimeError("CpuCompat is for machines without CUDA; on CUDA megatron runs as it is")
+        if self._saved:
+            raise RuntimeError("this CpuCompat is already active; enter a layer once")
+        for owner, name, value in self._patches():
+            self._saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, value)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(None, None, None)
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
 
 
-def enable_cpu_compat() -> None:
-    """Install the CPU compatibility layer (see the module docstring). Idempotent; no-op on CUDA."""
-    global _cpu_compat_enabled
-    if _cpu_compat_enabled or cuda_available():
-        return
-    from megatron.core.optimizer import clip_grads, optimizer
-    from megatron.core.tensor_parallel import random as mcore_random
+def active_cpu_compat() -> CpuCompat | None:
+    """The CPU layer now in force, if any."""
+    owner = getattr(torch.cuda.current_device, "__self__", None)
+    return owner if isinstance(owner, CpuCompat) else None
 
-    torch.cuda.current_device = lambda: "cpu"
-    torch.cuda.synchronize = lambda *args, **kwargs: None
-    mcore_random._CUDA_RNG_STATE_TRACKER = _make_cpu_rng_tracker()()
-    mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
-    mcore_random.initialize_rng_tracker = lambda *args, **kwargs: None
-    clip_grads.clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
-    optimizer.clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
-    _CudaToCpuMode().__enter__()  # stays active for the life of the process
-    _cpu_compat_enabled = True
+
+def _no_op(*args, **kwargs) -> None:
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
