@@ -1,9 +1,11 @@
-"""Data: the history-resampling sampler, DAPO's dynamic-sampling filter, the stage scheduler."""
+"""Data: the history-resampling sampler, DAPO's dynamic sampling (filter and refill loop), the stage scheduler."""
 
 from srpo_megatron.data.sampler import (
     DynamicSamplingDecision,
     DynamicSamplingFilter,
     HistoryResamplingSampler,
+    draw_informative,
+    draw_once,
 )
 from srpo_megatron.data.stages import (
     SamplerFactory,
@@ -21,5 +23,7 @@ __all__ = [
     "StageConfig",
     "StageScheduler",
     "history_sampler_factory",
+    "draw_informative",
+    "draw_once",
     "mixture_counts",
 ]

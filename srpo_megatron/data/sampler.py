@@ -3,21 +3,22 @@
 `HistoryResamplingSampler` is a Megatron-style sampler (consumed_samples, micro-batch size,
 data-parallel rank/size) whose pool shrinks between epochs: prompts whose rollouts were all
 correct in the epoch just finished are dropped; mixed and all-incorrect prompts stay.
-`DynamicSamplingFilter` is the DAPO alternative, kept for comparison runs.
+`DynamicSamplingFilter` is the DAPO alternative, kept for comparison runs; `draw_informative`
+is its refill loop over a step's draws, `draw_once` the plain single draw.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from srpo_megatron import platform
 from srpo_megatron.algorithms.advantages import zero_variance_groups
 
 
@@ -297,8 +298,6 @@ class DynamicSamplingDecision:
 
     keep: torch.Tensor  # [N] bool: this round's groups to train on
     num_kept: int  # groups kept so far in this step
-    num_missing: int  # groups still needed to fill the batch
-    next_num_prompts: int  # prompts to sample next round (0 when done)
     done: bool  # batch full, or retries exhausted (then train on num_kept groups)
 
 
@@ -309,45 +308,80 @@ class DynamicSamplingFilter:
     `reset()` at the start of a step and `update(rewards)` after each generation round.
     """
 
-    def __init__(
-        self, batch_size: int, group_size: int, max_retries: int = 3, max_oversample: float = 4.0
-    ) -> None:
-        """batch_size: groups wanted per step; max_retries: extra rounds allowed per step;
-        max_oversample: cap on prompts requested per missing group (when nothing was kept yet)."""
+    def __init__(self, batch_size: int, group_size: int, max_retries: int = 3) -> None:
+        """batch_size: groups wanted per step; max_retries: extra rounds allowed per step."""
         if batch_size <= 0 or group_size < 2:
             raise ValueError(
                 f"batch_size={batch_size} must be > 0 and group_size={group_size} >= 2"
             )
-        if max_retries < 0 or max_oversample < 1.0:
-            raise ValueError(
-                f"max_retries={max_retries} must be >= 0 and max_oversample={max_oversample} >= 1"
-            )
+        if max_retries < 0:
+            raise ValueError(f"max_retries={max_retries} must be >= 0")
         self.batch_size = batch_size
         self.group_size = group_size
         self.max_retries = max_retries
-        self.max_oversample = max_oversample
         self.reset()
 
     def reset(self) -> None:
         self._rounds = 0
-        self._seen = 0  # groups seen this step
-        self._informative = 0  # of which had mixed rewards
-        self._kept = 0  # of which were kept (at most batch_size)
+        self._kept = 0  # groups kept this step (at most batch_size)
 
     def update(self, rewards: torch.Tensor) -> DynamicSamplingDecision:
         """rewards: [N*G] for this round's N prompts (G consecutive rollouts per prompt)."""
         informative = ~zero_variance_groups(rewards, self.group_size)  # [N]
-        missing_before = self.batch_size - self._kept
         # Keep the first informative groups up to the batch size; extra ones are discarded.
-        keep = informative & (informative.cumsum(0) <= missing_before)  # [N]
-        # Host sync: how many prompts to request next is a host-side decision.
-        n_kept, n_informative = torch.stack([keep.sum(), informative.sum()]).tolist()
+        keep = informative & (informative.cumsum(0) <= self.batch_size - self._kept)  # [N]
         self._rounds += 1
-        self._seen += informative.numel()
-        self._informative += n_informative
-        self._kept += n_kept
-        missing = self.batch_size - self._kept
-        done = missing == 0 or self._rounds > self.max_retries
-        keep_rate = max(self._informative / self._seen, 1.0 / self.max_oversample)
-        next_prompts = 0 if done else math.ceil(missing / keep_rate)
-        return DynamicSamplingDecision(keep, self._kept, missing, next_prompts, done)
+        self._kept += int(keep.sum())  # host sync: whether to draw again is a host-side decision
+        done = self._kept == self.batch_size or self._rounds > self.max_retries
+        return DynamicSamplingDecision(keep, self._kept, done)
+
+
+class Scored(Protocol):
+    reward: float
+
+
+S = TypeVar("S", bound=Scored)
+
+
+def draw_once(draw: Callable[[], list[S]]) -> tuple[list[S], int]:
+    """Plain sampling (history resampling or uniform): one draw is the step's rollouts.
+
+    Returns (rollouts to train on, rollouts generated)."""
+    samples = draw()
+    return samples, len(samples)
+
+
+def draw_informative(draw: Callable[[], list[S]], group_size: int, extra_draws: int,
+                     group: Optional[dist.ProcessGroup] = None) -> tuple[list[S], int]:
+    """DAPO dynamic sampling over whole draws: keep the mixed-reward groups of each draw (G
+    consecutive rollouts each), drawing again until the first draw's number of groups is filled
+    or `extra_draws` more draws were made. Nothing informative at all: train on the first draw.
+
+    Collective over data parallelism (`group`, default megatron's DP group): every replica draws
+    as long as any replica is still filling, because each draw records history, a DP collective.
+    Returns (rollouts to train on, rollouts generated).
+    """
+    first = draw()
+    generated = len(first)
+    dapo = DynamicSamplingFilter(len(first) // group_size, group_size, extra_draws)
+    decision = dapo.update(torch.tensor([s.reward for s in first]))
+    kept = _keep_groups(first, decision.keep, group_size)
+    while _any_replica(not decision.done, group):
+        more = draw()
+        generated += len(more)
+        if not decision.done:
+            decision = dapo.update(torch.tensor([s.reward for s in more]))
+            kept += _keep_groups(more, decision.keep, group_size)
+    return (kept or first), generated
+
+
+def _keep_groups(samples: list[S], keep: torch.Tensor, group_size: int) -> list[S]:
+    return [s for i, s in enumerate(samples) if keep[i // group_size]]
+
+
+def _any_replica(flag: bool, group: Optional[dist.ProcessGroup]) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    total = torch.tensor([int(flag)], dtype=torch.long, device=platform.device())  # NCCL needs CUDA
+    dist.all_reduce(total, group=_data_parallel_group(group))
+    return bool(total.item())

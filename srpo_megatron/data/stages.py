@@ -131,7 +131,7 @@ class StageScheduler:
     """Decides the stage, hands out each step's prompts per domain, and switches stages.
 
     Per step: `next_batch()` -> this rank's dataset indices per domain; after rollouts,
-    `record(domain, ids, correct)`; after the optimizer step, `update(step)` with the number of
+    `record(domain, ids, correct)` or `record_rollouts`; after the optimizer step, `update(step)` with the number of
     completed steps, which returns True when a new stage begins.
     """
 
@@ -163,10 +163,6 @@ class StageScheduler:
         self._start_step = 0
         self._samplers: dict[str, HistoryResamplingSampler] = {}
         self._iterators: dict[str, Iterator[list[int]]] = {}
-
-    @property
-    def stage_index(self) -> int:
-        return self._index
 
     @property
     def stage(self) -> StageConfig:
@@ -204,10 +200,36 @@ class StageScheduler:
         """Per-rollout correctness of this rank's `domain` prompts (collective over DP)."""
         self.sampler(domain).record(sample_ids, correct)
 
+    def record_rollouts(
+        self,
+        prompts: Mapping[str, Sequence[int]],
+        outcomes: Sequence[tuple[str, int, bool]],
+        group_size: int,
+    ) -> None:
+        """Record one draw: `prompts` as `next_batch` returned them, `outcomes` one (domain,
+        index, correct) per rollout in any order, `group_size` of them per prompt. Collective over DP."""
+        for domain, ids in prompts.items():
+            correct: dict[int, list[bool]] = {int(i): [] for i in ids}
+            for outcome_domain, index, ok in outcomes:
+                if outcome_domain == domain:
+                    correct[index].append(ok)
+            wrong = {i: len(c) for i, c in correct.items() if len(c) != group_size}
+            if wrong:
+                raise ValueError(
+                    f"record_rollouts: {domain} prompts need {group_size} rollouts each; "
+                    f"got {wrong} (index: rollouts)"
+                )
+            self.record(domain, ids, [correct[int(i)] for i in ids])
+
     def recorded_in_earlier_epoch(self, domain: str, index: int) -> bool:
         """Whether the current stage already served and recorded `domain` prompt `index` in an
         earlier epoch (a revisit); a new stage starts with nothing recorded."""
         return self.sampler(domain).recorded_in_earlier_epoch(index)
+
+    def pool_size(self) -> int:
+        """Prompts in the current stage's pools, all domains. The same on every DP rank: each
+        sampler's history is replicated (`record` is a DP collective)."""
+        return sum(len(self.sampler(d).pool()) for d in self.domain_counts())
 
     def stage_epochs(self) -> int:
         """Epochs completed by the current stage: the minimum over its domains' samplers."""

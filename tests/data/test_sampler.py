@@ -6,12 +6,13 @@ import os
 import socket
 import sys
 import types
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from srpo_megatron.data import DynamicSamplingFilter, HistoryResamplingSampler
+from srpo_megatron.data import DynamicSamplingFilter, HistoryResamplingSampler, draw_informative, draw_once
 from srpo_megatron.data import sampler as sampler_module
 
 
@@ -198,29 +199,61 @@ def test_dp2_ranks_share_history_over_gloo():
 
 
 def test_dynamic_sampling_filter_refills_batch():
-    flt = DynamicSamplingFilter(batch_size=3, group_size=2, max_retries=2, max_oversample=4.0)
+    flt = DynamicSamplingFilter(batch_size=3, group_size=2, max_retries=2)
     # 4 prompts: all-correct, mixed, all-wrong, mixed -> 2 informative of 4
     first = flt.update(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
     assert first.keep.tolist() == [False, True, False, True]
-    assert (first.num_kept, first.num_missing, first.done) == (2, 1, False)
-    assert first.next_num_prompts == 2  # 1 missing / keep rate 0.5
+    assert (first.num_kept, first.done) == (2, False)
     second = flt.update(torch.tensor([0.0, 1.0, 1.0, 0.0]))  # 2 informative, only 1 needed
     assert second.keep.tolist() == [True, False]
-    assert (second.num_kept, second.num_missing, second.done, second.next_num_prompts) == (
-        3,
-        0,
-        True,
-        0,
-    )
+    assert (second.num_kept, second.done) == (3, True)
 
 
 def test_dynamic_sampling_filter_gives_up_after_max_retries():
-    flt = DynamicSamplingFilter(batch_size=2, group_size=2, max_retries=1, max_oversample=4.0)
-    first = flt.update(torch.ones(4))  # nothing informative: rate floored at 1/4
-    assert (first.num_missing, first.next_num_prompts, first.done) == (2, 8, False)
+    flt = DynamicSamplingFilter(batch_size=2, group_size=2, max_retries=1)
+    first = flt.update(torch.ones(4))  # nothing informative
+    assert (first.num_kept, first.done) == (0, False)
     second = flt.update(torch.ones(16))
-    assert (second.num_kept, second.num_missing, second.done) == (0, 2, True)
+    assert (second.num_kept, second.done) == (0, True)
     flt.reset()
     assert flt.update(torch.tensor([1.0, 0.0, 0.0, 1.0])).done
     with pytest.raises(ValueError, match="group_size=1"):
         DynamicSamplingFilter(batch_size=2, group_size=1)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    reward: float
+    draw: int
+
+
+def _draws(rewards_per_draw):
+    """A `draw` callable serving the given reward lists one draw after another, and its log."""
+    made = []
+
+    def draw():
+        index = len(made)
+        made.append(index)
+        return [_Scored(r, index) for r in rewards_per_draw[index]]
+
+    return draw, made
+
+
+def test_draw_informative_refills_from_later_draws_and_counts_every_rollout():
+    # 2 groups of 2 per draw; draw 0 has one mixed group, draw 1 none, draw 2 two (one needed)
+    draw, made = _draws([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]])
+    kept, generated = draw_informative(draw, group_size=2, extra_draws=3)
+    assert made == [0, 1, 2] and generated == 12
+    assert [(s.draw, s.reward) for s in kept] == [(0, 0.0), (0, 1.0), (2, 1.0), (2, 0.0)]
+
+
+def test_draw_informative_trains_on_the_first_draw_when_nothing_is_informative():
+    draw, made = _draws([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    kept, generated = draw_informative(draw, group_size=2, extra_draws=2)
+    assert made == [0, 1, 2] and generated == 6
+    assert [s.draw for s in kept] == [0, 0]
+
+
+def test_draw_once_is_one_draw():
+    draw, made = _draws([[1.0, 0.0], [1.0, 1.0]])
+    assert draw_once(draw) == ([_Scored(1.0, 0), _Scored(0.0, 0)], 2) and made == [0]

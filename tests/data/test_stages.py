@@ -86,7 +86,7 @@ def test_transition_by_epochs_uses_every_domains_sampler():
     for step in range(1, 6):  # 20 math prompts, 4 per step -> one epoch in 5 steps
         sched.next_batch()
         assert sched.update(step) == (step == 5)
-    assert sched.stage_index == 1 and sched.stage_epochs() == 0
+    assert sched.stage.name == "mixed" and sched.stage_epochs() == 0
     # 2 prompts per domain per step: code (10) finishes its epoch after 5 steps, math (20)
     # after 10; the stage ends when every domain has finished one.
     for step in range(6, 16):
@@ -130,3 +130,16 @@ def test_revisits_are_per_stage():
     assert all(sched.recorded_in_earlier_epoch("code", i) for i in first)
     assert sched.update(4) and sched.stage.name == "s2"
     assert not any(sched.recorded_in_earlier_epoch("code", i) for i in first)  # a fresh sampler
+
+
+def test_record_rollouts_groups_outcomes_per_prompt():
+    sched = scheduler([StageConfig("math_only", {"math": 1.0}, steps=10)], prompts_per_step=2)
+    prompts = sched.next_batch()
+    (a, b) = prompts["math"]
+    # all-correct for a (dropped at the epoch's end), mixed for b; the rollouts come in any order
+    sched.record_rollouts(prompts, [("math", b, True), ("math", a, True), ("math", b, False), ("math", a, True)], 2)
+    state = sched.sampler("math").state_dict()
+    assert state["history"] == sorted([[a, 2, 2], [b, 1, 2]])
+    assert sched.pool_size() == SIZES["math"]  # the pool shrinks only at the epoch's end
+    with pytest.raises(ValueError, match=rf"math prompts need 2 rollouts each; got {{{a}: 1}}"):
+        sched.record_rollouts(prompts, [("math", a, True), ("math", b, True), ("math", b, False)], 2)
