@@ -26,7 +26,8 @@ class ModelConfig:
     """The policy model and how it is split."""
 
     hf_path: str = ""
-    """HF directory of the initial policy (and reference) weights; its tokenizer is used too."""
+    """HF directory of the initial policy (and reference) weights; its tokenizer is used too. Checked to
+    hold a config.json when the config is read."""
     tensor_parallel: int = 1
     """Megatron tensor-parallel size; must divide the attention heads and KV heads."""
     pipeline_parallel: int = 1
@@ -37,6 +38,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.hf_path:
             raise ValueError("model.hf_path is required: the HF directory of the initial policy")
+        if not (Path(self.hf_path) / "config.json").is_file():  # else HF reads it as a hub repo id
+            raise ValueError(
+                f"model.hf_path={self.hf_path!r} is not an HF model directory (no config.json there); "
+                "point it at the directory that holds the policy's config.json and weights"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be 'float32' or 'bfloat16' (got {self.dtype!r})")
 

@@ -5,24 +5,39 @@ import pytest
 from srpo_megatron.config import load_config
 
 
+@pytest.fixture
+def model_dir(tmp_path):
+    """Stands in for the examples' checkpoints (cluster paths): model.hf_path must be an HF directory."""
+    (tmp_path / "config.json").write_text("{}")
+    return tmp_path
+
+
 @pytest.mark.parametrize("path", ["examples/tiny_cpu/config.yaml", "examples/qwen2.5-7b/train.yaml",
                                   "examples/qwen2.5-32b/train.yaml"])
-def test_example_configs_load(path):
-    config = load_config(path)
+def test_example_configs_load(path, model_dir):
+    config = load_config(path, [f"model.hf_path={model_dir}"])
     assert [s.name for s in config.stages][0] == "stage1_math"
     assert config.stages[0].mixture == {"math": 1.0} and "code" in config.stages[-1].mixture
 
 
-def test_published_srpo_hyperparameters_in_real_configs():
-    config = load_config("examples/qwen2.5-32b/train.yaml")
+def test_published_srpo_hyperparameters_in_real_configs(model_dir):
+    config = load_config("examples/qwen2.5-32b/train.yaml", [f"model.hf_path={model_dir}"])
     assert config.loss.kl_coef == 0.0 and config.loss.eps_low == config.loss.eps_high == 0.2
     assert (config.optimizer.adam_beta1, config.optimizer.adam_beta2, config.optimizer.lr) == (0.9, 0.95, 1e-6)
     assert config.data.prompts_per_step == 256 and config.rollout.n_samples_per_prompt == 32
 
 
-def test_overrides_apply():
-    config = load_config("examples/tiny_cpu/config.yaml", ["training.steps=3", "optimizer.lr=0.5"])
+def test_overrides_apply(model_dir):
+    config = load_config("examples/tiny_cpu/config.yaml",
+                         [f"model.hf_path={model_dir}", "training.steps=3", "optimizer.lr=0.5"])
     assert config.training.steps == 3 and config.optimizer.lr == 0.5
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "empty-dir"])
+def test_missing_model_dir_names_the_field(tmp_path, name):
+    (tmp_path / "empty-dir").mkdir()
+    with pytest.raises(ValueError, match=rf"model.hf_path='.*{name}' is not an HF model directory \(no config.json"):
+        load_config("examples/tiny_cpu/config.yaml", [f"model.hf_path={tmp_path / name}"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -33,9 +48,9 @@ def test_overrides_apply():
     ("rollout.tensor_parallel_size=2", r"rollout.tensor_parallel_size=2 must divide"),
     ("data.code=[]", r"stages mix domains \['code'\] but data has no files"),
 ])
-def test_bad_values_name_the_field(override, message):
+def test_bad_values_name_the_field(override, message, model_dir):
     with pytest.raises(ValueError, match=message):
-        load_config("examples/tiny_cpu/config.yaml", [override])
+        load_config("examples/tiny_cpu/config.yaml", [f"model.hf_path={model_dir}", override])
 
 
 def test_missing_file_is_named(tmp_path):
