@@ -27,6 +27,7 @@ from srpo_megatron.rewards.sandbox import RunOutcome, Sandbox, SandboxReport
 from srpo_megatron.rewards.types import RewardResult
 
 _REASON_CHARS = 200
+_NO_PROGRAM = RewardResult(0.0, "no code block found")
 _FLOAT_TOLERANCE = 1e-6
 
 # Appended to the program in function-call mode; runs in the program's own globals.
@@ -396,7 +397,12 @@ def code_reward(
     program = extract_program(response, extraction)
     suite = parse_tests(tests)
     if program is None:
-        return RewardResult(0.0, "no code block found")
+        return _NO_PROGRAM
+    return _run_tests(program, suite, sandbox or Sandbox(), partial_credit)
+
+
+def _run_tests(program: str, suite: CodeTests, sandbox: Sandbox, partial_credit: bool) -> RewardResult:
+    """Run one program against its tests in the sandbox and score it."""
     marker = f"@@srpo-result-{uuid.uuid4().hex}@@"
     failures: dict[int, str] = {}
 
@@ -405,7 +411,7 @@ def code_reward(
         failures.update(found)
         return bool(found) and not partial_credit
 
-    report = (sandbox or Sandbox()).run(suite.source(program, marker), suite.inputs, stop)
+    report = sandbox.run(suite.source(program, marker), suite.inputs, stop)
     return _score(report, failures, suite, partial_credit)
 
 
@@ -435,18 +441,30 @@ def code_reward_batch(
     partial_credit: bool = False,
     workers: int = 2,
 ) -> list[RewardResult]:
-    """`code_reward` over a batch: up to `workers` sandboxed programs run at once; input order kept."""
+    """`code_reward` over a batch, in input order: up to `workers` sandboxed programs run at once.
+
+    Each distinct (program, tests) pair runs once and its result is shared by every response that
+    extracts to it: a group of G samples from a confident policy repeats the same program many times.
+    """
     if len(responses) != len(tests):
         raise ValueError(f"got {len(responses)} responses but {len(tests)} test sets; pass one per response")
     if workers < 1:
         raise ValueError(f"code_reward_batch workers must be >= 1 (got {workers})")
     sandbox = sandbox or Sandbox()
+    suites: dict[str, CodeTests] = {}
+    keys: list[tuple[str, str] | None] = []
+    for response, row_tests in zip(responses, tests):
+        tests_key = row_tests if isinstance(row_tests, str) else json.dumps(row_tests, sort_keys=True, default=str)
+        if tests_key not in suites:
+            suites[tests_key] = parse_tests(row_tests)  # malformed tests raise before anything runs
+        program = extract_program(response, extraction)
+        keys.append(None if program is None else (program, tests_key))
+    unique = list(dict.fromkeys(key for key in keys if key is not None))
 
-    def score(response: str, row_tests: Mapping | str) -> RewardResult:
-        return code_reward(
-            response, row_tests, extraction=extraction, sandbox=sandbox, partial_credit=partial_credit
-        )
+    def score(key: tuple[str, str]) -> RewardResult:
+        return _run_tests(key[0], suites[key[1]], sandbox, partial_credit)
 
     # Threads suffice: each one waits on its sandbox process, which does the work.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srpo-code-reward") as pool:
-        return list(pool.map(score, responses, tests))
+        results = dict(zip(unique, pool.map(score, unique)))
+    return [_NO_PROGRAM if key is None else results[key] for key in keys]

@@ -130,3 +130,46 @@ def test_parse_tests_kinds_and_errors() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_tests(tests)
+
+
+@pytest.mark.parametrize(("test_code", "reason"), [
+    ("import unittest\nfrom solution import total\n\n\nclass TotalTest(unittest.TestCase):\n"
+     "    def test_many(self):\n        self.assertEqual(total([4, 5]), 9)\n",
+     "AssertionError: test_many: AssertionError: 0 != 9"),
+    ("class TestTotal:\n    def test_many(self):\n        assert total([4, 5]) == 9\n",
+     "AssertionError at `assert total([4, 5]) == 9`"),
+])
+def test_unittest_and_pytest_classes_run(sandbox: Sandbox, test_code: str, reason: str) -> None:
+    tests = {"test_code": [test_code]}
+    assert code_reward(TOTAL, tests, sandbox=sandbox).score == 1.0
+    wrong = code_reward(fenced("def total(xs):\n    return 0"), tests, sandbox=sandbox)
+    assert wrong == RewardResult(0.0, f"test 1/1: {reason}")
+
+
+def test_test_that_cannot_fail_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"'test_code\[0\]' has no assert, raise or assert\*\(\) call"):
+        parse_tests({"test_code": ["print(total([1]))"]})
+    assert parse_tests({"test_code": ["case.assertEqual(total([1]), 1)"]}).n_tests == 1
+
+
+class CountingSandbox(Sandbox):
+    """Records the programs it runs."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.sources: list[str] = []
+
+    def run(self, source, inputs, stop=None):
+        self.sources.append(source)  # list.append is atomic: safe from the batch's threads
+        return super().run(source, inputs, stop)
+
+
+def test_batch_runs_each_distinct_program_once(sandbox: Sandbox) -> None:
+    counting = CountingSandbox(sandbox.config)
+    wrong = fenced("def total(xs):\n    return 0")
+    responses = [TOTAL, wrong, f"Same program, other words.\n{TOTAL}", TOTAL, "no code", wrong, TOTAL]
+    tests = [HUMANEVAL] * 6 + [json.dumps(PYTEST)]  # the last one: the same program against other tests
+    results = code_reward_batch(responses, tests, sandbox=counting, workers=2)
+    assert [r.score for r in results] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert results[4].reason == "no code block found" and results[1] == results[5]
+    assert len(counting.sources) == 3  # TOTAL x HUMANEVAL, wrong x HUMANEVAL, TOTAL x PYTEST
