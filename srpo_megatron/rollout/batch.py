@@ -1,0 +1,124 @@
+"""One step's rollouts: the scored `Sample`s, and the typed `RolloutBatch` the training phases pass on.
+
+The batch is torchtune's `GRPOTrajectory` idea in megatron's terms: built once per step from the
+samples, then each phase returns a copy with its result filled in (`dataclasses.replace`), so no
+phase adds keys to a dict and every field has one writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from srpo_megatron.algorithms.policy_loss import kl_k3
+from srpo_megatron.metrics import SampleRecord, UpdateRecord
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One rollout with its score: what every later phase reads."""
+
+    domain: str
+    row_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float]
+    truncated: bool
+    reward: float
+    accuracy: float
+    reflective: bool
+    revisited: bool
+    """The stage's sampler recorded this prompt in an earlier epoch (asked when it was drawn)."""
+
+    def metrics_record(self) -> SampleRecord:
+        return SampleRecord(self.domain, self.reward, self.accuracy, len(self.response_ids), self.truncated,
+                            self.reflective, self.revisited)
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One step's rollouts as right-padded tensors, G consecutive rows per prompt group.
+
+    Device rule: every tensor of the batch lives in host memory, always (checked on
+    construction). The forward step moves each micro-batch to the device when it runs
+    (`models.forward.run_pipeline`) and log-probs come back to the host (`compute_logprobs`), so
+    phases combine fields without moving them, and no second copy of the batch sits on the GPU.
+
+    Rows: the `num_samples` samples, then empty rows (all-False mask, zero advantage) up to a
+    whole number of micro-batches per optimizer update.
+    """
+
+    tokens: torch.Tensor  # [N, T] long: prompt + response, right-padded with 0
+    mask: torch.Tensor  # [N, T] bool: the response tokens
+    rollout_logprobs: torch.Tensor  # [N, T] vLLM's log-probs of the sampled tokens, 0 off the mask
+    rewards: torch.Tensor  # [n] float32
+    truncated: torch.Tensor  # [n] bool: cut at the length limit
+    group_size: int
+    advantages: torch.Tensor | None = None  # [N], the `advantages` phase
+    old_logprobs: torch.Tensor | None = None  # [N, T], the `old_logprobs` phase (last pipeline stage)
+    ref_logprobs: torch.Tensor | None = None  # [N, T], the `ref_logprobs` phase (last pipeline stage)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+                raise ValueError(f"RolloutBatch.{field.name} is on {value.device}; the batch lives on the host "
+                                 "and micro-batches move to the device inside the forward step")
+        if self.rewards.numel() % self.group_size:
+            raise ValueError(f"RolloutBatch: {self.rewards.numel()} samples are not whole groups of "
+                             f"group_size={self.group_size}")
+
+    @classmethod
+    def pack(cls, samples: Sequence[Sample], group_size: int, rows_multiple: int) -> RolloutBatch:
+        """Right-pad `samples` into [N, T] tensors, N rounded up to a multiple of `rows_multiple`."""
+        n = -(-len(samples) // rows_multiple) * rows_multiple
+        length = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+        tokens = torch.zeros(n, length, dtype=torch.long)
+        mask = torch.zeros(n, length, dtype=torch.bool)
+        rollout_logprobs = torch.zeros(n, length)
+        for row, s in enumerate(samples):
+            p, r = len(s.prompt_ids), len(s.response_ids)
+            tokens[row, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
+            mask[row, p: p + r] = True
+            rollout_logprobs[row, p: p + r] = torch.tensor(s.rollout_logprobs)
+        return cls(tokens, mask, rollout_logprobs, torch.tensor([s.reward for s in samples], dtype=torch.float32),
+                   torch.tensor([s.truncated for s in samples]), group_size)
+
+    @property
+    def num_samples(self) -> int:
+        return self.rewards.numel()
+
+    @property
+    def num_rows(self) -> int:
+        return self.tokens.shape[0]
+
+    def with_advantages(self, sample_advantages: torch.Tensor) -> RolloutBatch:
+        """The batch with per-sample advantages [n], padding rows at 0."""
+        advantages = torch.zeros(self.num_rows)
+        advantages[: self.num_samples] = sample_advantages
+        return dataclasses.replace(self, advantages=advantages)
+
+    def micro_batches(self, rows: range, size: int, fields: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        """`rows` cut into micro-batches of `size`: dicts of the named fields that are set."""
+        present = [name for name in fields if getattr(self, name) is not None]
+        return [{name: getattr(self, name)[start: start + size] for name in present}
+                for start in range(rows.start, rows.stop, size)]
+
+    def zero_groups(self) -> tuple[bool, ...]:
+        """Per prompt group: every advantage is zero (no reward variance, or only truncated outliers)."""
+        return tuple((self.advantages[: self.num_samples].view(-1, self.group_size) == 0).all(dim=1).tolist())
+
+    def update_record(self, loss_metrics: Mapping[str, float], micro_batch_size: int) -> UpdateRecord:
+        """This replica's update statistics; on its last pipeline stage, which has the log-probs."""
+        diff = (self.old_logprobs - self.rollout_logprobs).abs()[self.mask]
+        kl_sum = None
+        if self.ref_logprobs is not None:
+            kl_sum = kl_k3(self.old_logprobs, self.ref_logprobs)[self.mask].sum().item()
+        return UpdateRecord(loss_metrics={k: float(v) for k, v in loss_metrics.items()},
+                            micro_batches=self.num_rows // micro_batch_size,
+                            response_tokens=int(self.mask.sum()),
+                            logprob_diff_max=diff.max().item() if diff.numel() else 0.0,
+                            logprob_diff_sum=diff.sum().item(), kl_sum=kl_sum)
