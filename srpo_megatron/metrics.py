@@ -39,6 +39,9 @@ class SampleRecord:
     reflective: bool
     revisited: bool
     """Its prompt was served and recorded by the current stage's sampler in an earlier epoch."""
+    scored: bool = True
+    """False when its reward could not be judged (sandbox failure after retries); its group
+    trained with zero advantage and it is left out of the per-rollout means."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,13 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
 
 def sample_metrics(samples: Sequence[SampleRecord]) -> dict:
     """Means over rollouts: reward, accuracy (overall, per domain, on revisited prompts),
-    length and behaviour. A subset with no rollouts this step gives None, not 0."""
+    length and behaviour. A subset with no rollouts this step gives None, not 0. `unscored`
+    counts the rollouts that could not be judged; the means leave them out."""
+    unscored = sum(not s.scored for s in samples)
+    samples = [s for s in samples if s.scored] if unscored else samples
     revisited = [s for s in samples if s.revisited]
     metrics = {
+        "unscored": unscored,
         "reward_mean": _mean([s.reward for s in samples]),
         "accuracy": _mean([s.accuracy for s in samples]),
         "response_len_mean": _mean([s.response_len for s in samples]),

@@ -6,7 +6,7 @@ shares the `AdvantageEstimator` signature and is chosen by `AdvantageConfig.esti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Protocol
 
 import torch
@@ -47,6 +47,7 @@ class AdvantageOutput:
     group_mean: torch.Tensor  # [B]
     group_std: torch.Tensor  # [B] unbiased (see `grpo_advantages`)
     zero_groups: torch.Tensor  # [B] bool: every reward in the group is equal -> no signal
+    excluded_groups: Optional[torch.Tensor] = None  # [B] bool: holds an unscored rollout -> zero advantage
 
 
 class AdvantageEstimator(Protocol):
@@ -128,6 +129,7 @@ def compute_advantages(
     group_size: int,
     config: AdvantageConfig,
     truncated: Optional[torch.Tensor] = None,
+    unscored: Optional[torch.Tensor] = None,
 ) -> AdvantageOutput:
     """Advantages for flat rewards [B*G] with the configured estimator.
 
@@ -136,14 +138,24 @@ def compute_advantages(
         group_size: G.
         config: estimator, eps, and whether truncated responses get zero advantage.
         truncated: optional [B*G] bool, True where the response hit the length limit.
+        unscored: optional [B*G] bool, True where the reward could not be judged (sandbox failure).
+            Its whole group gets zero advantage: its baseline would be built on a made-up reward.
+            `excluded_groups` ([B]) marks those groups for the caller to count.
     """
     out = ADVANTAGE_ESTIMATORS.get(config.estimator)(rewards, group_size, config)
-    if truncated is None or not config.zero_truncated:
-        return out
-    if truncated.shape != rewards.shape:
+    adv = out.advantages  # [B*G]
+    if truncated is not None and config.zero_truncated:
+        adv = adv.masked_fill(_flat_mask(truncated, rewards, "truncated"), 0.0)
+    excluded = torch.zeros_like(out.zero_groups)  # [B]
+    if unscored is not None:
+        excluded = _flat_mask(unscored, rewards, "unscored").view(-1, group_size).any(dim=1)  # [B]
+        adv = adv.view(-1, group_size).masked_fill(excluded[:, None], 0.0).reshape(-1)
+    return replace(out, advantages=adv, excluded_groups=excluded)
+
+
+def _flat_mask(mask: torch.Tensor, rewards: torch.Tensor, name: str) -> torch.Tensor:
+    if mask.shape != rewards.shape:
         raise ValueError(
-            f"truncated mask shape {tuple(truncated.shape)} must match rewards "
-            f"{tuple(rewards.shape)} ([B*G])"
+            f"{name} mask shape {tuple(mask.shape)} must match rewards {tuple(rewards.shape)} ([B*G])"
         )
-    adv = out.advantages.masked_fill(truncated.to(torch.bool), 0.0)  # [B*G]
-    return AdvantageOutput(adv, out.group_mean, out.group_std, out.zero_groups)
+    return mask.to(torch.bool)

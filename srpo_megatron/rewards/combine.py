@@ -92,6 +92,9 @@ class ScoredResponse:
     language_penalty: float
     reason: str
     """Why the accuracy term scored as it did ("correct", "test 2/5: timeout", ...)."""
+    scored: bool = True
+    """False when the accuracy could not be judged (infrastructure failure after retries): the
+    reward is meaningless and the response's group gets no advantage."""
 
 
 class RewardScorer:
@@ -150,7 +153,7 @@ class RewardScorer:
             + cfg.format_weight * fmt
             - cfg.language_penalty_weight * language
         )
-        return ScoredResponse(total, accuracy.score, fmt, language, accuracy.reason)
+        return ScoredResponse(total, accuracy.score, fmt, language, accuracy.reason, accuracy.scored)
 
     def close(self) -> None:
         """Stop the grading workers; idempotent."""

@@ -4,20 +4,31 @@ Isolation layers, outermost first; `Sandbox.layers` says which are active on thi
 - `process`: the program never runs in the caller's process; the parent survives anything it does.
 - `net_namespace`, `pid_namespace`, `mount_namespace` (util-linux `unshare`): no network but a down
   loopback; the runner is PID 1 (its children cannot signal it, and its exit kills every process
-  left); /tmp, /var/tmp, /dev/shm and /run/lock are the scratch directory, /proc is private, and
-  `hidden_paths` are covered by empty read-only mounts.
-- `uid_drop`, `nproc_limit`: as root the runner drops to `nobody` (RLIMIT_NPROC does not bind root).
+  left). Without root, a user namespace per sandbox provides them.
+- `private_root`: deny-by-default filesystem. The runner pivots into an empty tmpfs that holds only
+  the interpreter's directories and the system libraries (read-only), /proc, a few /dev nodes and
+  the scratch directory (as /tmp, /var/tmp, /dev/shm, /run/lock, the cwd and HOME). The repository,
+  the data and its answers, checkpoints, the run directory and every home do not exist inside.
+- `uid_drop`, `nproc_limit`: as root, every running sandbox gets its own uid from a range (leased
+  across processes), so RLIMIT_NPROC (which does not bind root) counts that sandbox only and a fork
+  bomb cannot starve its neighbours. Without root, each sandbox's own user namespace has its own
+  process count (Linux >= 5.14), with the same effect. Both work on a Slurm node; a pids cgroup
+  would need a delegated cgroup v2 tree, which batch jobs rarely get.
 - `rlimits`: CPU time and file size per run; address space, open files, no core dumps per program.
 - `audit_hook`: a `sys.addaudithook` hook refuses every `socket.*` event, with or without namespaces.
 - `clean_env`, `scratch_dir`: none of the caller's environment; a private cwd, deleted afterwards.
 - `wall_clock`, `output_cap`: deadlines per run (inside) and per program (outside) kill whole process
   groups; output beyond the cap is not read, the producer is killed.
+Without namespaces a program could read the answers and reach localhost, so that mode is refused
+unless `SandboxConfig.allow_without_namespaces` is set (trusted code only).
 
 Protocol: the parent writes a job (marshal) into the scratch directory and starts this file as a
 script, `python -I -S sandbox.py JOB`, inside the namespaces. The runner sets up as root, drops
 privileges, compiles the program once, then forks one child per input (fresh state each time, a real
 fd 0 so `open(0).read()` works) and streams one frame per run on its stdout. Expected outputs never
-enter the sandbox, so a program cannot print what it was supposed to compute. Needs Linux >= 5.3.
+enter the sandbox, so a program cannot print what it was supposed to compute. A runner that dies
+for reasons outside the program is started again on the remaining inputs (`infra_retries`); when
+it keeps dying the report says `crashed`, an infrastructure failure, not a score. Needs Linux >= 5.3.
 """
 
 from __future__ import annotations
@@ -40,7 +51,10 @@ import types
 STATUSES = ("ok", "runtime_error", "timeout", "output_limit", "compile_error", "setup_error")
 _FRAME = struct.Struct("<iiiII")  # run index (-1: whole program), status, exit code, len(out), len(err)
 _STDERR_TAIL = 4096  # bytes of stderr kept per run: enough for the last traceback lines
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 1, 2, 4, 4096, 16384
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_RELATIME = 1, 2, 4, 32, 4096, 16384, 1 << 21
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_DEVICES = ("null", "zero", "full", "random", "urandom")
 
 
 def _runner_main(job_path: str) -> int:
@@ -66,18 +80,19 @@ def _runner_main(job_path: str) -> int:
 
 def _setup(job: dict) -> None:
     """Mounts and limits as root, then privileges dropped and the network audit hook installed."""
-    os.umask(0o022)  # the interpreter directories recreated below must be enterable by the sandbox user
-    if job["mount_ns"]:
-        _private_mounts(job)
+    os.umask(0o022)  # directories made for the private root must be enterable by the sandbox user
+    if job["root"]:
+        _enter_private_root(job)
     os.chdir(job["workdir"])
     nofile = 64 + len(job["inputs"])
     resource.setrlimit(resource.RLIMIT_AS, (job["memory"], job["memory"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if job["uid"] is not None:
+    if job["nproc"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (job["nproc"], job["nproc"]))
+    if job["uid"] is not None:
         os.setgroups([])
-        os.setgid(job["gid"])
+        os.setgid(job["uid"])
         os.setuid(job["uid"])
     sys.addaudithook(_deny_network)
 
@@ -87,53 +102,53 @@ def _deny_network(event: str, args: tuple) -> None:
         raise PermissionError(f"network access is disabled in the sandbox ({event})")
 
 
-def _private_mounts(job: dict) -> None:
-    import ctypes  # only here: the mount(2) call has no os.* wrapper in Python 3.11
+def _enter_private_root(job: dict) -> None:
+    """Build the deny-by-default root in an empty tmpfs and pivot into it, detaching the host's.
+
+    pivot_root, not chroot: with the old root unmounted nothing of the host filesystem is left to
+    escape to, even for a namespace root (the non-root mode keeps uid 0 of its user namespace).
+    """
+    import ctypes  # only here: mount(2) and pivot_root(2) have no os.* wrappers in Python 3.11
 
     libc = ctypes.CDLL(None, use_errno=True)
 
-    def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-        as_bytes = [None if s is None else s.encode() for s in (source, target, fstype, data)]
-        if libc.mount(as_bytes[0], as_bytes[1], as_bytes[2], flags, as_bytes[3]) != 0:
+    def check(result: int, what: str) -> None:
+        if result != 0:
             errno = ctypes.get_errno()
-            raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
-    if job["uid"] is not None:
-        _expose_interpreter(mount)
-    for path in job["hidden_paths"]:
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=64k,mode=0555")
-    source = job["scratch"]
-    for path in job["private_dirs"]:
-        if os.path.isdir(path):
-            mount(source, path, None, _MS_BIND, None)
-            source = path  # the scratch dir may sit under a path just covered: bind from its new place
+    def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+        as_bytes = [None if s is None else s.encode() for s in (source, target, fstype, data)]
+        check(libc.mount(as_bytes[0], as_bytes[1], as_bytes[2], flags, as_bytes[3]), f"mount {source} on {target}")
+
+    root = job["root"]
+    mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    binds = [(path, path, True) for path in job["expose"]]
+    binds += [(job["work"], path, False) for path in job["private_dirs"]]
+    binds += [("/proc", "/proc", False)] + [(f"/dev/{name}", f"/dev/{name}", False) for name in _DEVICES]
+    for source, target, read_only in binds:
+        _bind(mount, source, root + target, read_only)
+    for link, target in job["links"]:
+        os.symlink(target, root + link)
+    os.chdir(root)
+    check(libc.syscall(_SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    check(libc.umount2(b".", _MNT_DETACH), "detaching the host root")
+    os.chdir("/")
+    mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None)
 
 
-def _expose_interpreter(mount) -> None:
-    """Keep the standard library importable after the uid drop, hiding everything else around it.
-
-    When Python lives below a directory others cannot enter (pyenv under a 0700 /root), that
-    directory is covered with an empty tmpfs and only the interpreter's own directories are bound
-    back into it, so lazy imports work as `nobody` and the rest of /root stays invisible.
-    """
-    paths = sorted({sys.base_prefix, sys.base_exec_prefix, *(p for p in sys.path if os.path.isabs(p))})
-    closed: dict[str, list[str]] = {}
-    for path in paths:
-        if not os.path.isdir(path) or any(path.startswith(p + "/") for ps in closed.values() for p in ps):
-            continue
-        parts = path.strip("/").split("/")
-        ancestors = ["/" + "/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
-        top = next((a for a in ancestors if not os.stat(a).st_mode & 0o001), None)
-        if top is not None:
-            closed.setdefault(top, []).append(path)
-    for top, inner in closed.items():
-        handles = [(path, os.open(path, os.O_PATH)) for path in inner]  # reachable after the cover
-        mount("tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
-        for path, fd in handles:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
-            os.close(fd)
+def _bind(mount, source: str, target: str, read_only: bool) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+    mount(source, target, None, _MS_BIND | _MS_REC, None)
+    if read_only:
+        # A user namespace may only add restrictions: keep the host mount's noexec and atime flags.
+        host = os.statvfs(target).f_flag
+        kept = (host & (os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)) | (_MS_RELATIME if host & os.ST_RELATIME else 0)
+        mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | kept, None)
 
 
 def _run_one(code, data: bytes, job: dict) -> tuple[str, int, bytes, bytes]:
@@ -145,7 +160,12 @@ def _run_one(code, data: bytes, job: dict) -> tuple[str, int, bytes, bytes]:
     os.lseek(stdin_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # only this sandbox's processes count against its limit: the program's fault
+        for fd in (stdin_fd, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        return "runtime_error", 1, b"", f"could not start the run: {exc}".encode()
     if pid == 0:
         _child(code, stdin_fd, out_w, err_w, job)  # never returns
     for fd in (stdin_fd, out_w, err_w):
@@ -153,8 +173,8 @@ def _run_one(code, data: bytes, job: dict) -> tuple[str, int, bytes, bytes]:
     try:
         return _supervise_child(pid, out_r, err_r, job)
     finally:
-        _kill_run(pid)
-        _reap_orphans()
+        _kill_run(pid, job)
+        _reap_orphans(block=job["sole_user"])
 
 
 def _child(code, stdin_fd: int, out_w: int, err_w: int, job: dict) -> None:
@@ -218,7 +238,7 @@ def _supervise_child(pid: int, out_r: int, err_r: int, job: dict) -> tuple[str, 
             if fd == pidfd:
                 poller.unregister(pidfd)
                 wait_status = os.waitpid(pid, 0)[1]
-                _kill_run(pid)  # descendants holding the pipes open must not stall the run
+                _kill_run(pid, job)  # descendants holding the pipes open must not stall the run
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -231,7 +251,7 @@ def _supervise_child(pid: int, out_r: int, err_r: int, job: dict) -> tuple[str, 
             else:
                 err = (err + chunk)[-_STDERR_TAIL:]
     if wait_status is None:
-        _kill_run(pid)
+        _kill_run(pid, job)
         wait_status = os.waitpid(pid, 0)[1]
     for fd in (out_r, err_r, pidfd):
         os.close(fd)
@@ -241,22 +261,24 @@ def _supervise_child(pid: int, out_r: int, err_r: int, job: dict) -> tuple[str, 
     return verdict, exit_code, bytes(out[: job["max_output"]]), bytes(err)
 
 
-def _kill_run(pid: int) -> None:
-    """Kill what a run left running: in a PID namespace everything but us, else the run's group."""
+def _kill_run(pid: int, job: dict) -> None:
+    """Kill what a run left running: everything but us when nothing else shares our PID namespace
+    or uid (kill(-1) spares the caller, and reaches setsid() escapees), else the run's group."""
     try:
-        if os.getpid() == 1:
-            os.kill(-1, signal.SIGKILL)  # PID 1 of a private namespace: cannot reach other sandboxes
+        if job["sole_user"]:
+            os.kill(-1, signal.SIGKILL)
         else:
             os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def _reap_orphans() -> None:
-    """Reap processes re-parented to us, so that they stop counting against RLIMIT_NPROC."""
+def _reap_orphans(block: bool) -> None:
+    """Reap processes re-parented to us, so that they stop counting against RLIMIT_NPROC. After a
+    kill(-1) every one of them is dying: wait for all, so the next run starts with a clean count."""
     while True:
         try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+            if os.waitpid(-1, 0 if block else os.WNOHANG)[0] == 0:
                 return
         except ChildProcessError:
             return
@@ -277,16 +299,21 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------------------
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import functools  # noqa: E402
-import pwd  # noqa: E402
+import json  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 _RUN_SLACK_S = 0.5  # per-run allowance on top of the run timeout for fork, frame and reaping
+_LEASE_DIR = "/run/srpo-sandbox-uids"  # root-owned: one lock file per uid in use, shared by all processes
+_SYSTEM_LIBRARIES = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32")
+_LOADER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
 
 
 @dataclass(frozen=True)
@@ -298,31 +325,38 @@ class SandboxConfig:
     memory_mb: int = 1024
     """Address-space limit (RLIMIT_AS) of the program."""
     max_processes: int = 256
-    """RLIMIT_NPROC for the sandbox user (threads count). It counts every process of that uid on the
-    host: each running sandbox holds two (runner and program), so this must exceed twice the number
-    of parallel sandboxes, and a fork bomb can briefly starve its neighbours of the rest. Applied
-    only when dropping from root."""
+    """RLIMIT_NPROC of each sandbox (threads count). It counts that sandbox's processes only: as
+    root each sandbox has its own uid, without root its own user namespace."""
     max_file_mb: int = 16
     """Largest file a run may write (RLIMIT_FSIZE)."""
     max_output_bytes: int = 4 << 20
     """Stdout read per run; a program printing more is killed and the run fails."""
     stack_mb: int = 256
     """Stack limit (recursive solutions), set with util-linux `prlimit` when it is installed."""
-    user: str | None = "nobody"
-    """Account to drop to when running as root; None keeps root (not recommended)."""
+    uids: tuple[int, int] | None = (2_000_000_000, 1024)
+    """As root: (first uid, how many). Every running sandbox leases its own uid from this range, so
+    process limits and clean-up reach that sandbox only. Pick ids no account or container uses;
+    None keeps root (not recommended)."""
     use_namespaces: bool = True
-    """Use network/PID/mount namespaces (util-linux `unshare`) when this host supports them."""
+    """Use network/PID/mount namespaces (util-linux `unshare`); without them see the next field."""
+    allow_without_namespaces: bool = False
+    """Run even when namespaces are off or this host refuses them. Programs can then read every file
+    their uid can (the data and its answers), reach localhost and, without root, outlive the run:
+    for trusted code only, e.g. checking reference solutions."""
     private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-    """World-writable directories replaced by the scratch directory inside the mount namespace; the
-    first one is the program's cwd and HOME."""
-    hidden_paths: tuple[str, ...] = ()
-    """Directories covered by an empty read-only mount, e.g. where datasets with answers live."""
+    """Where the scratch directory appears inside; the first one is the program's cwd and HOME."""
+    exposed_paths: tuple[str, ...] = ()
+    """Host paths visible read-only inside, beyond the interpreter's directories and the system
+    libraries (nothing else exists there); e.g. a directory of allowed extra modules."""
     scratch_root: str | None = None
     """Parent of the per-program scratch directories (default: the system temp dir)."""
     python: str = sys.executable
     """Interpreter that runs the programs (started with -I -S: stdlib only, no site-packages)."""
     startup_timeout_s: float = 10.0
     """Allowance for starting the runner, added to the per-program deadline."""
+    infra_retries: int = 2
+    """Restarts of a runner that died for reasons outside the program (fork or exec failures,
+    a killed runner), each on the inputs not yet reported; after them the program is `crashed`."""
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "startup_timeout_s"):
@@ -331,6 +365,18 @@ class SandboxConfig:
         for name in ("memory_mb", "max_processes", "max_file_mb", "max_output_bytes", "stack_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.infra_retries < 0:
+            raise ValueError(f"SandboxConfig.infra_retries must be >= 0 (got {self.infra_retries})")
+        if self.uids is not None:
+            first, count = self.uids
+            if first < 1 or count < 1 or first + count > 2**31 - 1:
+                raise ValueError(
+                    f"SandboxConfig.uids=(first, count) must be unprivileged uids below 2**31 - 1 "
+                    f"(got {self.uids}); e.g. (2000000000, 1024)"
+                )
+        for path in self.exposed_paths:
+            if not os.path.isabs(path):
+                raise ValueError(f"SandboxConfig.exposed_paths: {path!r} must be an absolute path")
 
 
 @dataclass(frozen=True)
@@ -348,12 +394,18 @@ class SandboxReport:
     """What happened to a program: `runs` holds one outcome per input that ran, in input order.
 
     status: "completed" (every input ran), "stopped" (the caller's `stop` ended it), "compile_error",
-    "timeout" (the whole-program deadline), or "crashed" (the runner itself died; see `detail`).
+    "timeout" (the whole-program deadline), or "crashed" (the runner kept dying for reasons outside
+    the program, `infra_retries` + 1 times; see `detail`).
     """
 
     status: str
     runs: tuple[RunOutcome, ...]
     detail: str = ""
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """The program could not be judged: score it as unscored, not as wrong."""
+        return self.status == "crashed"
 
 
 class SandboxError(RuntimeError):
@@ -365,16 +417,24 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig = SandboxConfig()) -> None:
         self.config = config
-        self._ids = _target_ids(config.user) if os.geteuid() == 0 and config.user is not None else None
-        self._unshare = _unshare_command(os.geteuid() == 0) if config.use_namespaces else ()
+        as_root = os.geteuid() == 0
+        self._unshare, missing = _namespace_support(as_root) if config.use_namespaces else ((), "use_namespaces is False")
+        if not self._unshare and not config.allow_without_namespaces:
+            raise SandboxError(
+                f"the sandbox cannot isolate programs on this host ({missing}): a program could read the "
+                "data and its answers and reach localhost. Install util-linux `unshare` and allow "
+                "namespaces (user namespaces without root), or set "
+                "SandboxConfig.allow_without_namespaces=true for trusted code only"
+            )
+        self._uids = _UidLeases(*config.uids) if as_root and config.uids is not None else None
         self._prlimit = shutil.which("prlimit")
-        if self._ids is not None and not self._unshare:
+        if self._uids is not None and not self._unshare:
             _check_interpreter_reachable(config.python)
-        self._workdir = config.private_dirs[0] if self._unshare and config.private_dirs else None
+        self._expose, self._links = _filesystem_view(config) if self._unshare else ((), ())
         layers = {"process", "rlimits", "audit_hook", "clean_env", "scratch_dir", "wall_clock", "output_cap"}
         if self._unshare:
-            layers |= {"net_namespace", "pid_namespace", "mount_namespace"}
-        if self._ids is not None:
+            layers |= {"net_namespace", "pid_namespace", "mount_namespace", "private_root", "nproc_limit"}
+        if self._uids is not None:
             layers |= {"uid_drop", "nproc_limit"}
         self.layers = frozenset(layers)
 
@@ -384,46 +444,79 @@ class Sandbox:
         inputs: Sequence[bytes | str],
         stop: Callable[[int, RunOutcome], bool] | None = None,
     ) -> SandboxReport:
-        """Run `source` once per input, in order; `stop(index, outcome)` returning True ends early."""
-        cfg = self.config
-        data = [x.encode() if isinstance(x, str) else bytes(x) for x in inputs]
-        scratch = tempfile.mkdtemp(prefix="srpo-sandbox-", dir=cfg.scratch_root)
-        try:
-            if self._ids is not None:
-                os.chown(scratch, *self._ids)
-            job_path = os.path.join(scratch, ".job")
-            with open(job_path, "wb") as f:
-                marshal.dump(self._job(source, data, scratch), f)
-            proc = subprocess.Popen(
-                self._command(job_path),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=scratch,
-                env=self._env(scratch),
-                start_new_session=True,  # one process group: a single kill reaches the whole tree
-            )
-            try:
-                return self._collect(proc, len(data), stop)
-            finally:
-                _kill_group(proc)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        """Run `source` once per input, in order; `stop(index, outcome)` returning True ends early.
 
-    def _job(self, source: str, data: list[bytes], scratch: str) -> dict:
+        A runner that dies is restarted on the inputs it did not report (runs are independent
+        forks, so the outcomes so far stand)."""
+        data = [x.encode() if isinstance(x, str) else bytes(x) for x in inputs]
+        runs: list[RunOutcome] = []
+        for attempt in range(1, self.config.infra_retries + 2):
+            report = self._attempt(source, data[len(runs) :], len(runs), stop)
+            runs += report.runs
+            if report.status != "crashed":
+                return SandboxReport(report.status, tuple(runs), report.detail)
+        return SandboxReport("crashed", tuple(runs), f"{report.detail} ({attempt} attempts)")
+
+    def _attempt(self, source: str, data: list[bytes], offset: int, stop) -> SandboxReport:
         cfg = self.config
-        uid, gid = self._ids if self._ids is not None else (None, None)
+        with self._lease() as uid:
+            scratch = tempfile.mkdtemp(prefix="srpo-sandbox-", dir=cfg.scratch_root)
+            try:
+                work = os.path.join(scratch, "work")
+                os.mkdir(work)
+                if self._unshare:
+                    os.mkdir(os.path.join(scratch, "root"))
+                if uid is not None:
+                    os.chown(work, uid, uid)
+                job_path = os.path.join(scratch, ".job")
+                with open(job_path, "wb") as f:
+                    marshal.dump(self._job(source, data, scratch, uid), f)
+                try:
+                    proc = subprocess.Popen(
+                        self._command(job_path),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        cwd=work,
+                        env=self._env(work),
+                        start_new_session=True,  # one process group: a single kill reaches the whole tree
+                    )
+                except OSError as exc:  # fork/exec of the runner failed: the host's, not the program's
+                    return SandboxReport("crashed", (), f"could not start the runner: {exc}")
+                try:
+                    return self._collect(proc, len(data), offset, stop)
+                finally:
+                    _kill_group(proc)
+                    if uid is not None and not self._unshare:
+                        self._kill_uid(uid)  # setsid() escapees of a killed runner
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _lease(self) -> Iterator[int | None]:
+        if self._uids is None:
+            yield None
+        else:
+            with self._uids.lease() as uid:
+                yield uid
+
+    def _job(self, source: str, data: list[bytes], scratch: str, uid: int | None) -> dict:
+        cfg = self.config
+        private_root = bool(self._unshare)
+        work = os.path.join(scratch, "work")
         return {
             "source": source,
             "inputs": data,
-            "scratch": scratch,
-            "workdir": self._workdir or scratch,
-            "mount_ns": bool(self._unshare),
+            "work": work,
+            "root": os.path.join(scratch, "root") if private_root else None,
+            "workdir": cfg.private_dirs[0] if private_root and cfg.private_dirs else work,
+            "expose": list(self._expose),
+            "links": [list(link) for link in self._links],
             "private_dirs": list(cfg.private_dirs),
-            "hidden_paths": list(cfg.hidden_paths),
             "uid": uid,
-            "gid": gid,
-            "nproc": cfg.max_processes,
+            # Only where the count is this sandbox's alone: its own uid or its own user namespace.
+            "nproc": cfg.max_processes if uid is not None or private_root else 0,
+            "sole_user": uid is not None or private_root,
             "memory": cfg.memory_mb << 20,
             "fsize": cfg.max_file_mb << 20,
             "cpu": max(1, int(-(-cfg.timeout_s // 1))),
@@ -444,12 +537,18 @@ class Sandbox:
             job_path,
         ]
 
-    def _env(self, scratch: str) -> dict[str, str]:
-        home = self._workdir or scratch
+    def _env(self, work: str) -> dict[str, str]:
+        home = self.config.private_dirs[0] if self._unshare and self.config.private_dirs else work
         return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
 
-    def _collect(self, proc: subprocess.Popen, n_runs: int, stop) -> SandboxReport:
-        """Read frames as they arrive until every run reported, the deadline passed, or `stop` said so."""
+    def _kill_uid(self, uid: int) -> None:
+        """Kill every process of `uid` (kill(-1) as that uid) before the uid is leased again."""
+        subprocess.run(["kill", "-9", "-1"], user=uid, group=uid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
+                       capture_output=True, timeout=30, check=False)
+
+    def _collect(self, proc: subprocess.Popen, n_runs: int, offset: int, stop) -> SandboxReport:
+        """Read frames as they arrive until every run reported, the deadline passed, or `stop` said so.
+        Run indices seen by `stop` start at `offset` (the runs an earlier attempt reported)."""
         cfg = self.config
         deadline = time.monotonic() + cfg.startup_timeout_s + n_runs * (cfg.timeout_s + _RUN_SLACK_S)
         frames = _FrameReader()
@@ -471,12 +570,52 @@ class Sandbox:
                         for index, outcome in frames.feed(chunk):
                             if index < 0:
                                 return _program_failure(outcome)
-                            if stop is not None and stop(index, outcome):
+                            if stop is not None and stop(offset + index, outcome):
                                 return SandboxReport("stopped", tuple(frames.runs))
         if len(frames.runs) == n_runs:
             return SandboxReport("completed", tuple(frames.runs))
         detail = f"runner exited with {proc.wait()}: {diagnostics.decode(errors='replace').strip()}"
         return SandboxReport("crashed", tuple(frames.runs), detail)
+
+
+class _UidLeases:
+    """Hands every running sandbox its own uid from [first, first + count).
+
+    A uid is held by a non-blocking flock on its file in a root-owned directory, so the sandboxes
+    of every process on the host (one trainer rank each) never share one. The start rotates, so a
+    uid just released (whose processes may still be dying) is the last to be handed out again.
+    """
+
+    def __init__(self, first: int, count: int) -> None:
+        self._first, self._count = first, count
+        os.makedirs(_LEASE_DIR, mode=0o700, exist_ok=True)
+        info = os.lstat(_LEASE_DIR)
+        if info.st_uid != 0 or info.st_mode & 0o077 or not os.path.isdir(_LEASE_DIR):
+            raise SandboxError(f"{_LEASE_DIR} must be a directory owned by root with mode 0700; remove it")
+        self._cursor = os.getpid() * 7919 % count  # processes start their searches far apart
+        self._cursor_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[int]:
+        with self._cursor_lock:
+            start, self._cursor = self._cursor, (self._cursor + 1) % self._count
+        for step in range(self._count):
+            uid = self._first + (start + step) % self._count
+            fd = os.open(os.path.join(_LEASE_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield uid
+            finally:
+                os.close(fd)  # releases the lease
+            return
+        raise SandboxError(
+            f"all {self._count} sandbox uids from {self._first} are in use on this host; raise "
+            "SandboxConfig.uids' count or run fewer sandboxes at once"
+        )
 
 
 class _FrameReader:
@@ -519,33 +658,50 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
-def _target_ids(user: str) -> tuple[int, int]:
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise SandboxError(
-            f"SandboxConfig.user {user!r} does not exist on this host; create it or set user to an "
-            "existing unprivileged account (e.g. 'nobody')"
-        ) from None
-    if entry.pw_uid == 0:
-        raise SandboxError(f"SandboxConfig.user {user!r} is uid 0; pick an unprivileged account")
-    return entry.pw_uid, entry.pw_gid
-
-
 @functools.cache
-def _unshare_command(as_root: bool) -> tuple[str, ...]:
-    """The `unshare` prefix that works on this host, or () when none does.
+def _namespace_support(as_root: bool) -> tuple[tuple[str, ...], str]:
+    """The `unshare` prefix that works on this host and "", or () and why none does.
 
     Probed once per process and memoised: a fact about the host, and the probe costs a process start.
     """
     unshare = shutil.which("unshare")
     if unshare is None:
-        return ()
+        return (), "util-linux `unshare` is not installed"
     flags = ["--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
     if not as_root:
         flags = ["--user", "--map-root-user", *flags]
-    probe = subprocess.run([unshare, *flags, "true"], capture_output=True, timeout=30, check=False)
-    return (unshare, *flags) if probe.returncode == 0 else ()
+    probe = subprocess.run([unshare, *flags, "true"], capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        return (), f"`unshare {' '.join(flags)}` failed: {probe.stderr.strip()[-300:]}"
+    return (unshare, *flags), ""
+
+
+def _filesystem_view(config: SandboxConfig) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """What exists inside the private root: read-only directories/files, and symlinks (merged /usr)."""
+    links, paths = [], [*_interpreter_dirs(config.python), *config.exposed_paths]
+    for path in (*_SYSTEM_LIBRARIES, *_LOADER_FILES):
+        if os.path.islink(path) and path in _SYSTEM_LIBRARIES:
+            links.append((path, os.readlink(path)))
+        elif os.path.exists(path):
+            paths.append(path)
+    unique = sorted({os.path.normpath(p) for p in paths if os.path.exists(p)})
+    nested = {p for p in unique for q in unique if p != q and p.startswith(q.rstrip("/") + "/")}
+    return tuple(p for p in unique if p not in nested), tuple(links)
+
+
+@functools.cache
+def _interpreter_dirs(python: str) -> tuple[str, ...]:
+    """The directories `python` reads at run time: its standard library, extension modules and
+    libpython. Asked of the interpreter itself (once per process), so any layout works."""
+    code = (
+        "import json, sysconfig\n"
+        "print(json.dumps([sysconfig.get_path(k) for k in ('stdlib', 'platstdlib')]"
+        " + [sysconfig.get_config_var('LIBDIR') or '']))"
+    )
+    probe = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        raise SandboxError(f"SandboxConfig.python {python!r} does not start: {probe.stderr.strip()[-300:]}")
+    return tuple(p for p in json.loads(probe.stdout) if p)
 
 
 def _check_interpreter_reachable(python: str) -> None:
@@ -558,6 +714,6 @@ def _check_interpreter_reachable(python: str) -> None:
             raise SandboxError(
                 f"Python lives under {path}, which the sandbox user cannot enter, and this host has no "
                 "usable `unshare` to work around it: install util-linux, point SandboxConfig.python "
-                "at a world-readable interpreter, or set SandboxConfig.user=None"
+                "at a world-readable interpreter, or set SandboxConfig.uids=None"
             )
         path = os.path.dirname(path)
