@@ -13,13 +13,17 @@ import torch
 import torch.distributed as dist
 
 from srpo_megatron import platform
-from srpo_megatron.algorithms import PolicyLossConfig, policy_loss
-from srpo_megatron.config import ModelConfig, OptimizerConfig
+from srpo_megatron.algorithms import PolicyLossConfig, local_loss_counts, policy_loss
+from srpo_megatron.config import ModelConfig, OptimizerConfig, TrainConfig
 from srpo_megatron.convert.hf_to_mcore import load_hf_weights
 from srpo_megatron.metrics import LOSS_SHARE_KEYS
 from srpo_megatron.models import build_model, mask_padded_vocab
 from srpo_megatron.models.forward import run_pipeline, token_logprobs
 from srpo_megatron.models.hf_config import ModelShape
+from srpo_megatron.rollout.batch import RolloutBatch
+
+UPDATE_FIELDS = ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs")
+"""The `RolloutBatch` fields the loss reads (the log-probs only on the last pipeline stage)."""
 
 
 def build_policy(shape: ModelShape, model_cfg: ModelConfig, optim_cfg: OptimizerConfig, vocab_padded: int):
@@ -55,10 +59,6 @@ def build_reference(shape: ModelShape, model_cfg: ModelConfig, vocab_padded: int
     return reference
 
 
-def micro_batches(batch: dict, rows: range, size: int, keys: tuple[str, ...]) -> list[dict]:
-    return [{k: batch[k][start: start + size] for k in keys} for start in range(rows.start, rows.stop, size)]
-
-
 @dataclass(frozen=True)
 class UpdateSettings:
     """How one step's rollouts become optimizer updates."""
@@ -70,23 +70,27 @@ class UpdateSettings:
     temperature: float
     loss: PolicyLossConfig
 
+    @classmethod
+    def for_step(cls, config: TrainConfig, step: int, vocab_size: int) -> UpdateSettings:
+        """The settings of update step `step` (0-based): the lr warms up linearly, then holds."""
+        warmup = config.optimizer.warmup_steps
+        lr = config.optimizer.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return cls(config.training.updates_per_step, config.training.micro_batch_size, lr, vocab_size,
+                   config.rollout.temperature or 1.0, config.loss)
 
-def update_policy(model, optimizer, batch: dict, settings: UpdateSettings) -> dict:
-    """One optimizer update per mini-batch of `batch` ([N, T] tensors, N divisible by
-    updates_per_step x micro_batch_size); returns the loss metrics (last pipeline stage) and
-    the gradient norm."""
+
+def update_policy(model, optimizer, batch: RolloutBatch, settings: UpdateSettings) -> dict:
+    """One optimizer update per mini-batch of `batch` (its rows divisible by updates_per_step x
+    micro_batch_size); returns the loss metrics (last pipeline stage) and the gradient norm."""
     from megatron.core import parallel_state as ps
 
-    n = batch["tokens"].shape[0]
-    per_update = n // settings.updates_per_step
-    keys = tuple(k for k in ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs") if k in batch)
+    per_update = batch.num_rows // settings.updates_per_step
     collected, grad_norm = [], 0.0
     for update_index in range(settings.updates_per_step):
         rows = range(update_index * per_update, (update_index + 1) * per_update)
-        micro = micro_batches(batch, rows, settings.micro_batch_size, keys)
-        mask = batch["mask"][rows.start: rows.stop]
-        counts = torch.tensor([float(mask.sum()), float(mask.any(dim=1).sum())],
-                              device=platform.device())  # NCCL reduces CUDA tensors only
+        micro = batch.micro_batches(rows, settings.micro_batch_size, UPDATE_FIELDS)
+        # counted on the host (the batch lives there), reduced on the device (NCCL needs CUDA tensors)
+        counts = local_loss_counts(batch.mask[rows.start: rows.stop]).to(platform.device())
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
         # megatron divides each micro-batch loss by the number of micro-batches and DDP averages
         # gradients over DP; the loss is already a share of the global mean, so undo both.

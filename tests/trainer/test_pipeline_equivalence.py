@@ -1,5 +1,6 @@
 """A PP=2 policy update equals the PP=1 update on the same data (loss and gradients)."""
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,7 +15,8 @@ def update_rank(hf_dir: str, pipeline_parallel: int, out_file: str) -> None:
     from srpo_megatron.config import ModelConfig, OptimizerConfig
     from srpo_megatron.models import model_shape, padded_vocab_size
     from srpo_megatron.models.forward import compute_logprobs
-    from srpo_megatron.policy import UpdateSettings, build_policy, micro_batches, update_policy
+    from srpo_megatron.policy import UpdateSettings, build_policy, update_policy
+    from srpo_megatron.rollout.batch import RolloutBatch
     from srpo_megatron.rollout.weight_sync import iter_full_hf_weights
 
     ctx = platform.init_distributed(1, pipeline_parallel, seed=0)
@@ -27,10 +29,11 @@ def update_rank(hf_dir: str, pipeline_parallel: int, out_file: str) -> None:
     mask = torch.zeros(8, 20, dtype=torch.bool)
     for row in range(8):
         mask[row, 6: 10 + row] = True  # responses of different lengths after a 6-token prompt
-    batch = {"tokens": tokens, "mask": mask, "advantages": torch.randn(8, generator=gen)}
-    old = compute_logprobs(model.module, micro_batches(batch, range(8), 4, ("tokens",)), shape.vocab_size)
-    if old:
-        batch["old_logprobs"] = torch.cat(old) - 0.05 * mask  # ratios != 1 so clipping paths run
+    batch = RolloutBatch(tokens, mask, torch.zeros(8, 20), torch.zeros(8), torch.zeros(8, dtype=torch.bool),
+                         group_size=4, advantages=torch.randn(8, generator=gen))
+    old = compute_logprobs(model.module, batch.micro_batches(range(8), 4, ("tokens",)), shape.vocab_size)
+    if old:  # ratios != 1 so clipping paths run
+        batch = dataclasses.replace(batch, old_logprobs=torch.cat(old) - 0.05 * mask)
     settings = UpdateSettings(updates_per_step=1, micro_batch_size=4, lr=1e-3, vocab_size=shape.vocab_size,
                               temperature=1.0, loss=PolicyLossConfig())
     metrics = update_policy(model, optimizer, batch, settings)

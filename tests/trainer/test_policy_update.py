@@ -1,5 +1,7 @@
 """One policy update moves log-probs the way the advantages say."""
 
+import dataclasses
+
 import torch
 
 from srpo_megatron import platform
@@ -12,7 +14,8 @@ def direction_rank(hf_dir: str, out_file: str) -> None:
     from srpo_megatron.config import ModelConfig, OptimizerConfig
     from srpo_megatron.models import model_shape, padded_vocab_size
     from srpo_megatron.models.forward import compute_logprobs
-    from srpo_megatron.policy import UpdateSettings, build_policy, micro_batches, update_policy
+    from srpo_megatron.policy import UpdateSettings, build_policy, update_policy
+    from srpo_megatron.rollout.batch import RolloutBatch
 
     platform.init_distributed(1, 1, seed=0)
     shape = model_shape(AutoConfig.from_pretrained(hf_dir))
@@ -21,13 +24,15 @@ def direction_rank(hf_dir: str, out_file: str) -> None:
     tokens = torch.randint(0, shape.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.zeros(4, 16, dtype=torch.bool)
     mask[:, 8:] = True
-    batch = {"tokens": tokens, "mask": mask, "advantages": torch.tensor([1.0, -1.0, 1.0, -1.0])}
+    batch = RolloutBatch(tokens, mask, torch.zeros(4, 16), torch.zeros(4), torch.zeros(4, dtype=torch.bool),
+                         group_size=2, advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]))
 
     def sequence_logprobs():
-        (lp,) = compute_logprobs(model.module, micro_batches(batch, range(4), 4, ("tokens",)), shape.vocab_size)
+        (lp,) = compute_logprobs(model.module, batch.micro_batches(range(4), 4, ("tokens",)), shape.vocab_size)
         return lp, (lp * mask).sum(dim=1)
 
-    batch["old_logprobs"], before = sequence_logprobs()
+    old, before = sequence_logprobs()
+    batch = dataclasses.replace(batch, old_logprobs=old)
     settings = UpdateSettings(1, 4, 1e-4, shape.vocab_size, 1.0, PolicyLossConfig())
     update_policy(model, optimizer, batch, settings)
     _, after = sequence_logprobs()
