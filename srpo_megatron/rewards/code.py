@@ -68,9 +68,10 @@ def __srpo_tests(tests, setup, entry_point, marker):
         return text[:1000]
 
     sys.modules.setdefault("solution", sys.modules[__name__])  # `from solution import f` (pytest-style sets)
-    base = dict(globals())
     try:
-        exec(compile(setup, "<test setup>", "exec"), base)
+        # In the program's own globals, as MBPP's harness runs it: the program's functions see its names.
+        exec(compile(setup, "<test setup>", "exec"), globals())
+        base = dict(globals())
         candidate = base.get(entry_point) if entry_point else None
         if entry_point and not callable(candidate):
             raise NameError("the program does not define " + entry_point + "()")

@@ -173,3 +173,9 @@ def test_batch_runs_each_distinct_program_once(sandbox: Sandbox) -> None:
     assert [r.score for r in results] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
     assert results[4].reason == "no code block found" and results[1] == results[5]
     assert len(counting.sources) == 3  # TOTAL x HUMANEVAL, wrong x HUMANEVAL, TOTAL x PYTEST
+
+
+def test_setup_names_are_visible_to_the_program(sandbox: Sandbox) -> None:
+    """MBPP's reference programs use what `test_setup_code` imports (its harness runs one namespace)."""
+    tests = {"setup_code": "import math", "test_code": ["assert hyp(3, 4) == 5.0"]}
+    assert code_reward(fenced("def hyp(a, b):\n    return math.sqrt(a * a + b * b)"), tests, sandbox=sandbox).score == 1.0
