@@ -135,11 +135,11 @@ def destroy_distributed() -> None:
 # CPU compatibility layer
 # ----------------------------------------------------------------------------------------------
 
-_TENSOR_FACTORIES = {
+_TENSOR_FACTORIES = frozenset({
     torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.tensor, torch.rand,
     torch.randn, torch.randint, torch.empty_like, torch.zeros_like, torch.ones_like,
     torch.full_like, torch.as_tensor, torch.linspace, torch.eye, torch.empty_strided,
-}
+})
 
 
 def _is_cuda(device_arg) -> bool:

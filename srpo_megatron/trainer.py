@@ -174,7 +174,8 @@ class Trainer:
         cfg = self.config
         batch = RolloutBatch.pack(samples, cfg.rollout.n_samples_per_prompt,
                                   cfg.training.micro_batch_size * cfg.training.updates_per_step)
-        adv = compute_advantages(batch.rewards, batch.group_size, cfg.advantage, truncated=batch.truncated)
+        adv = compute_advantages(batch.rewards, batch.group_size, cfg.advantage, truncated=batch.truncated,
+                                 unscored=batch.unscored)
         return batch.with_advantages(adv.advantages)
 
     def old_logprobs(self, batch: RolloutBatch) -> RolloutBatch:
@@ -352,7 +353,7 @@ def _to_sample(item: Item, rollout: Rollout, score, revisited: bool) -> Sample:
     return Sample(domain=item[0], row_index=item[1], prompt_ids=rollout.prompt_token_ids,
                   response_ids=rollout.response_token_ids, rollout_logprobs=rollout.logprobs.tolist(),
                   truncated=rollout.finish_reason == "length", reward=score.reward, accuracy=score.accuracy,
-                  reflective=is_reflective(rollout.response_text), revisited=revisited)
+                  reflective=is_reflective(rollout.response_text), revisited=revisited, scored=score.scored)
 
 
 def reduce_over_replicas(local: ReplicaRecord | None, step_seconds: float) -> dict:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
+
 import torch
 
 from srpo_megatron.models.hf_config import ModelShape
@@ -24,10 +26,10 @@ LAYER = "{layer}"
 
 # megatron's local spec keeps the RMSNorms as modules; TE fuses them into the next linear. The
 # canonical (TE / checkpoint) names are used throughout; local names are renamed on the way in.
-_LOCAL_TO_CANONICAL = {
+_LOCAL_TO_CANONICAL = MappingProxyType({
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
     "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
-}
+})
 _LAYER_PARAM = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 

@@ -7,7 +7,8 @@ maps onto megatron's knobs. Nothing here touches torch devices or global state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,10 @@ class ArchitectureRules:
     qkv_bias_default: bool  # the value when that attribute is absent
 
 
-ARCHITECTURES: dict[str, ArchitectureRules] = {
+ARCHITECTURES: Mapping[str, ArchitectureRules] = MappingProxyType({
     "Qwen2ForCausalLM": ArchitectureRules(qkv_bias_attr=None, qkv_bias_default=True),
     "LlamaForCausalLM": ArchitectureRules(qkv_bias_attr="attention_bias", qkv_bias_default=False),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def padded_vocab_size(vocab_size: int, tensor_parallel: int, divisible_by: int =
     return -(-vocab_size // multiple) * multiple
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16})
 
 
 def transformer_config(

@@ -8,7 +8,6 @@ worker, scores the response 0 with reason "timeout" and starts a fresh worker.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import re
 import resource
@@ -331,20 +330,14 @@ class GradingPool:
         self.close()
 
 
-# The one piece of module state: the pool behind `math_reward` when the caller passes none. It is
-# created on first use and closed at interpreter exit; trainers should own a pool and pass it.
-_default_pool: GradingPool | None = None
-_default_pool_lock = threading.Lock()
-
-
-def default_pool() -> GradingPool:
-    """The shared pool (2 workers, 5 s timeout) used when no `pool` is passed."""
-    global _default_pool
-    with _default_pool_lock:
-        if _default_pool is None:
-            _default_pool = GradingPool()
-            atexit.register(_default_pool.close)
-        return _default_pool
+def _grade(pool: GradingPool | None, responses: Sequence[str], answers: Sequence[str],
+           extraction: AnswerExtraction, timeout_s: float | None) -> list[RewardResult]:
+    """Grade with the caller's pool; without one, with a one-worker pool for this call only
+    (its worker boots for seconds: callers grading more than once own a pool and pass it)."""
+    if pool is not None:
+        return pool.grade(responses, answers, extraction, timeout_s)
+    with GradingPool(workers=1) as own:
+        return own.grade(responses, answers, extraction, timeout_s)
 
 
 def math_reward(
@@ -359,7 +352,7 @@ def math_reward(
 
     Never raises on any input text and returns within `timeout_s` (default: the pool's) plus dispatch.
     """
-    return (pool or default_pool()).grade([response], [answer], extraction, timeout_s)[0]
+    return _grade(pool, [response], [answer], extraction, timeout_s)[0]
 
 
 def math_reward_batch(
@@ -371,4 +364,4 @@ def math_reward_batch(
     pool: GradingPool | None = None,
 ) -> list[RewardResult]:
     """`math_reward` over a batch, graded in parallel by the pool's workers; input order kept."""
-    return (pool or default_pool()).grade(responses, answers, extraction, timeout_s)
+    return _grade(pool, responses, answers, extraction, timeout_s)

@@ -32,10 +32,12 @@ class Sample:
     reflective: bool
     revisited: bool
     """The stage's sampler recorded this prompt in an earlier epoch (asked when it was drawn)."""
+    scored: bool = True
+    """False when the reward could not be judged (sandbox failure): its group gets no advantage."""
 
     def metrics_record(self) -> SampleRecord:
         return SampleRecord(self.domain, self.reward, self.accuracy, len(self.response_ids), self.truncated,
-                            self.reflective, self.revisited)
+                            self.reflective, self.revisited, self.scored)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class RolloutBatch:
     rollout_logprobs: torch.Tensor  # [N, T] vLLM's log-probs of the sampled tokens, 0 off the mask
     rewards: torch.Tensor  # [n] float32
     truncated: torch.Tensor  # [n] bool: cut at the length limit
+    unscored: torch.Tensor  # [n] bool: the reward could not be judged
     group_size: int
     advantages: torch.Tensor | None = None  # [N], the `advantages` phase
     old_logprobs: torch.Tensor | None = None  # [N, T], the `old_logprobs` phase (last pipeline stage)
@@ -85,7 +88,8 @@ class RolloutBatch:
             mask[row, p: p + r] = True
             rollout_logprobs[row, p: p + r] = torch.tensor(s.rollout_logprobs)
         return cls(tokens, mask, rollout_logprobs, torch.tensor([s.reward for s in samples], dtype=torch.float32),
-                   torch.tensor([s.truncated for s in samples]), group_size)
+                   torch.tensor([s.truncated for s in samples]), torch.tensor([not s.scored for s in samples]),
+                   group_size)
 
     @property
     def num_samples(self) -> int:
@@ -108,7 +112,8 @@ class RolloutBatch:
                 for start in range(rows.start, rows.stop, size)]
 
     def zero_groups(self) -> tuple[bool, ...]:
-        """Per prompt group: every advantage is zero (no reward variance, or only truncated outliers)."""
+        """Per prompt group: every advantage is zero (no reward variance, only truncated outliers,
+        or an unscored rollout)."""
         return tuple((self.advantages[: self.num_samples].view(-1, self.group_size) == 0).all(dim=1).tolist())
 
     def update_record(self, loss_metrics: Mapping[str, float], micro_batch_size: int) -> UpdateRecord:

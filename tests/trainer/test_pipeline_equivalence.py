@@ -29,8 +29,9 @@ def update_rank(hf_dir: str, pipeline_parallel: int, out_file: str) -> None:
     mask = torch.zeros(8, 20, dtype=torch.bool)
     for row in range(8):
         mask[row, 6: 10 + row] = True  # responses of different lengths after a 6-token prompt
-    batch = RolloutBatch(tokens, mask, torch.zeros(8, 20), torch.zeros(8), torch.zeros(8, dtype=torch.bool),
-                         group_size=4, advantages=torch.randn(8, generator=gen))
+    no = torch.zeros(8, dtype=torch.bool)  # no sample truncated or unscored
+    batch = RolloutBatch(tokens, mask, torch.zeros(8, 20), torch.zeros(8), no, no, group_size=4,
+                         advantages=torch.randn(8, generator=gen))
     old = compute_logprobs(model.module, batch.micro_batches(range(8), 4, ("tokens",)), shape.vocab_size)
     if old:  # ratios != 1 so clipping paths run
         batch = dataclasses.replace(batch, old_logprobs=torch.cat(old) - 0.05 * mask)

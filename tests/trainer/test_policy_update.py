@@ -24,8 +24,9 @@ def direction_rank(hf_dir: str, out_file: str) -> None:
     tokens = torch.randint(0, shape.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.zeros(4, 16, dtype=torch.bool)
     mask[:, 8:] = True
-    batch = RolloutBatch(tokens, mask, torch.zeros(4, 16), torch.zeros(4), torch.zeros(4, dtype=torch.bool),
-                         group_size=2, advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    no = torch.zeros(4, dtype=torch.bool)  # no sample truncated or unscored
+    batch = RolloutBatch(tokens, mask, torch.zeros(4, 16), torch.zeros(4), no, no, group_size=2,
+                         advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]))
 
     def sequence_logprobs():
         (lp,) = compute_logprobs(model.module, batch.micro_batches(range(4), 4, ("tokens",)), shape.vocab_size)
