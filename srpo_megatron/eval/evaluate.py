@@ -1,7 +1,8 @@
 """Evaluate a model on one math or code set: k samples per problem through vLLM, graded like training.
 
-AIME-style math reports avg@k (pass@1 estimated from k samples per problem); LiveCodeBench-style
-code reports pass@1 the same way, each program run against the problem's tests in the sandbox.
+AIME-style math reports avg@k (pass@1 estimated from k samples per problem); code (LiveCodeBench,
+HumanEval, MBPP) reports pass@1 the same way, each program run against the problem's tests in the
+sandbox: stdin/stdout cases, function calls, or the set's own test program.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class EvalConfig:
     """HF model directory, or a Megatron checkpoint (has `srpo_model.json`; converted to a temporary HF dir)."""
     data: str
     """Evaluation set: a local jsonl/json/parquet/csv file or a hub name `NAME[@CONFIG][:SPLIT]`, in any schema
-    `preprocess.schemas` maps (AIME `Problem`/`Answer`, LiveCodeBench tests, this project's rows)."""
+    `preprocess.schemas` maps (AIME `Problem`/`Answer`, LiveCodeBench tests, HumanEval, MBPP, this project's rows)."""
     domain: Literal["math", "code"]
     """How responses are graded: final answer via math-verify, or program against the tests."""
     k: int = 1
