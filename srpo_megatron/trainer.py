@@ -50,6 +50,8 @@ Item = tuple[str, int]  # (domain, row index)
 
 
 class Trainer:
+    """One rank's SRPO run: its policy shard, reference, rollout engine, scorer and stage schedule."""
+
     def __init__(self, config: TrainConfig, resume: str | None = None, engine=None):
         """`engine`: the rollout engine, by default vLLM's (`RolloutEngine`); the GPU tests pass
         recorded rollouts where vLLM's CUDA build is not installed."""
