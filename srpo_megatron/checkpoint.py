@@ -1,17 +1,30 @@
-"""Training checkpoints: model, optimizer, sampler/scheduler, RNG and step, written atomically.
+"""Training checkpoints: model, optimizer, sampler/scheduler, RNG and step; written atomically and
+checked before they are trusted.
 
 Layout: `<run_dir>/checkpoints/step_000010/` holds megatron's distributed checkpoint of the model
 and optimizer (loadable at any TP/PP, and by `convert mcore-to-hf`), `trainer_state.json`, one
-`rng_rank<r>.pt` per rank and a `COMPLETE` marker. Every rank writes into a temporary directory;
-after a barrier rank 0 writes the marker and renames it into place, so a crash mid-write leaves
-only a `.tmp` directory that `latest_checkpoint` never returns.
+`rng_rank<r>.pt` per rank and a `COMPLETE` manifest (step, world size, the size of every file).
+Every rank writes into `step_000010.tmp`; after a barrier rank 0 writes the manifest and renames the
+directory into place. Only a directory named exactly `step_<digits>` with a manifest is a
+checkpoint, so a crash at any point leaves at most a `.tmp` that is never loaded (the next save
+removes it).
+
+Resuming (`resume_checkpoint`) checks a checkpoint against its manifest on every rank, agrees on
+the verdict across ranks, then loads it. With `--resume auto` a damaged checkpoint (a file missing,
+truncated or unreadable) is named on stderr and skipped for the previous complete one. State that
+is absent for this rank (its RNG file) is an error unless `ResumeRequest.fresh_rng`: the run would
+not continue exactly. Sizes catch truncation and partial copies; checksums would mean reading every
+byte of a multi-hundred-GB optimizer state on each resume, so bit rot is left to the loaders' errors.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,17 +33,53 @@ import torch.distributed as dist
 from srpo_megatron.convert.mcore_io import CheckpointInfo, write_model_metadata
 
 COMPLETE = "COMPLETE"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
+_RNG_FILE = re.compile(r"rng_rank\d+\.pt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the checkpoint and the file."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A file of the checkpoint is missing, truncated or unreadable: an older checkpoint may serve."""
+
+
+class MissingState(CheckpointError):
+    """The checkpoint has no state for part of this run (an RNG file): resuming would not be exact."""
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """What `--resume` asked for."""
+
+    source: str
+    """"auto": the newest complete checkpoint of the run directory, skipping damaged ones (none
+    at all is a fresh start); otherwise the path of one checkpoint, whose damage is an error."""
+    fresh_rng: bool = False
+    """Continue with fresh RNG where the checkpoint has no RNG file for this rank (e.g. resumed on
+    more ranks than saved it); the continuation is then not exact."""
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The completed checkpoints, newest first: `step_<digits>` directories with a COMPLETE marker."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.fullmatch(p.name)) and (p / COMPLETE).is_file()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
-    root = checkpoint_root(run_dir)
-    done = [p for p in root.glob("step_*") if p.is_dir() and (p / COMPLETE).exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    done = complete_checkpoints(run_dir)
+    return done[0] if done else None
 
 
 def _rng_state() -> dict:
@@ -62,7 +111,8 @@ def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
     final = checkpoint_root(run_dir) / f"step_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for interrupted in final.parent.glob("step_*.tmp"):  # dead: the run lock admits one writer
+            shutil.rmtree(interrupted, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     model_sd = model.sharded_state_dict()
@@ -72,27 +122,138 @@ def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
     dist.barrier()
     if rank == 0:
         write_model_metadata(tmp, info, hf_dir)
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
-        (tmp / COMPLETE).write_text(str(step))
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))
+        _write_manifest(tmp, step, dist.get_world_size())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     dist.barrier()
     return final
 
 
-def load_checkpoint(path: str | Path, model, optimizer) -> dict:
-    """Collective: restore model, optimizer and this rank's RNG; return the trainer state."""
+def _write_manifest(directory: Path, step: int, world_size: int) -> None:
+    """The marker that makes `directory` a checkpoint: written last, it lists what the others wrote."""
+    files = {p.relative_to(directory).as_posix(): p.stat().st_size
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / COMPLETE).write_text(json.dumps({"step": step, "world_size": world_size, "files": files}))
+
+
+def load_checkpoint(path: str | Path, model, optimizer, fresh_rng: bool = False) -> dict:
+    """Collective: restore model, optimizer and this rank's RNG from `path`; return the trainer state.
+
+    Raises DamagedCheckpoint or MissingState (on every rank alike) naming the checkpoint and file."""
+    path = Path(path)
+    verdict = _agreed(_attempt(_check_files, path, dist.get_rank(), fresh_rng))
+    if isinstance(verdict, CheckpointError):
+        raise verdict
+    state, rng_file = verdict
+    loaded = _agreed(_attempt(_load_states, path, model, optimizer))
+    if isinstance(loaded, CheckpointError):
+        raise loaded
+    if rng_file is None:  # this rank's own line: only it knows
+        print(f"WARNING: checkpoint {path} has no RNG state for rank {dist.get_rank()}: continuing with "
+              "fresh RNG (--resume-fresh-rng); this run will not reproduce an uninterrupted one",
+              file=sys.stderr, flush=True)
+    else:
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+def _attempt(fn, *args):
+    """fn's result, or the CheckpointError it raised (to be agreed on by every rank)."""
+    try:
+        return fn(*args)
+    except CheckpointError as err:
+        return err
+
+
+def _check_files(path: Path, rank: int, fresh_rng: bool) -> tuple[dict, Path | None]:
+    """This rank's files of `path` against its manifest: (trainer state, RNG file or None)."""
+    manifest = _read_json(path / COMPLETE, path)
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+        raise DamagedCheckpoint(f"checkpoint {path}: {COMPLETE} is not a manifest (written by an older "
+                                "version, or damaged)")
+    for name, size in manifest["files"].items():
+        file = path / name
+        actual = file.stat().st_size if file.is_file() else None
+        if actual is None and _RNG_FILE.fullmatch(name):
+            continue  # missing state, not damage: its own rank decides below
+        if actual != size:
+            found = "is missing" if actual is None else f"has {actual} bytes"
+            raise DamagedCheckpoint(f"checkpoint {path}: {name} {found}, the manifest says {size}")
+    rng_file = path / f"rng_rank{rank}.pt"
+    if not rng_file.is_file():
+        if not fresh_rng:
+            raise MissingState(
+                f"checkpoint {path} has no {rng_file.name} (saved by {manifest.get('world_size')} ranks; "
+                f"this is rank {rank}): the run cannot continue exactly. Resume on the saving layout, or "
+                "pass --resume-fresh-rng to continue with fresh RNG on this rank")
+        rng_file = None
+    return _read_json(path / TRAINER_STATE, path), rng_file
+
+
+def _read_json(file: Path, checkpoint: Path):
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise DamagedCheckpoint(f"checkpoint {checkpoint}: cannot read {file.name}: {err}") from err
+
+
+def _load_states(path: Path, model, optimizer) -> tuple:
     from megatron.core import dist_checkpointing
 
-    path = Path(path)
-    if not (path / COMPLETE).exists():
-        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
     model_sd = model.sharded_state_dict()
     request = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}
-    state = dist_checkpointing.load(request, str(path))
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    rng_file = path / f"rng_rank{dist.get_rank()}.pt"
-    if rng_file.exists():  # resuming on a different world size keeps the fresh RNG
-        _set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())
+    try:
+        state = dist_checkpointing.load(request, str(path))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as err:  # noqa: BLE001 - whatever the loaders raise, name the checkpoint
+        raise DamagedCheckpoint(f"checkpoint {path}: loading the model/optimizer shards failed: "
+                                f"{type(err).__name__}: {err}") from err
+    return ()
+
+
+def _agreed(result):
+    """Every rank's result if all succeeded, else the first rank's error on every rank: a rank that
+    raised alone would leave the others waiting in the next collective."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, result if isinstance(result, CheckpointError) else None)
+    return next((e for e in errors if e is not None), result)
+
+
+def resume_checkpoint(run_dir: str | Path, resume: str | ResumeRequest | None, model, optimizer) -> dict | None:
+    """Collective: restore what `resume` asks for ("auto", a path, or a ResumeRequest); return the
+    trainer state, or None for a fresh start (no resume asked, or "auto" with no checkpoint yet).
+
+    "auto" skips damaged checkpoints, loudly, for the previous complete one; MissingState and a
+    damaged explicit path raise."""
+    if resume is None:
+        return None
+    request = resume if isinstance(resume, ResumeRequest) else ResumeRequest(str(resume))
+    auto = request.source == "auto"
+    candidates = complete_checkpoints(run_dir) if auto else [Path(request.source)]
+    if not candidates:
+        return None  # "auto" before the first save
+    if not auto and not (candidates[0] / COMPLETE).is_file():
+        raise DamagedCheckpoint(f"{candidates[0]} is not a complete checkpoint (no {COMPLETE} marker)")
+    damaged = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, model, optimizer, request.fresh_rng)
+        except DamagedCheckpoint as err:
+            if not auto:
+                raise
+            damaged.append(str(err))
+            _warn(f"{err}\n  -> skipping it for the previous complete checkpoint")
+            continue
+        if damaged:
+            _warn(f"resumed from {path}, not from the newest checkpoint: {len(damaged)} newer one(s) damaged")
+        return state
+    raise DamagedCheckpoint(f"no usable checkpoint in {checkpoint_root(run_dir)}; every complete one is "
+                            "damaged:\n  " + "\n  ".join(damaged) +
+                            "\nRestore one, or move the checkpoints away to start afresh")
+
+
+def _warn(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)

@@ -163,15 +163,19 @@ def reduce_step(replicas: Sequence[ReplicaRecord], step_seconds: float) -> dict:
 
 
 class MetricsLogger:
-    """Writes step metrics to `<run_dir>/metrics.jsonl` and TensorBoard (rank 0 only)."""
+    """Writes step metrics to `<run_dir>/metrics.jsonl` and TensorBoard (rank 0 only).
+
+    Each step appears once, also across resumes: the first step a process logs is where it
+    continues, so records of that step and later ones (written after the checkpoint it resumed
+    from, then lost with the crash) are dropped from the JSONL, along with a line torn by the
+    crash, and TensorBoard is told to purge its events from that step on.
+    """
 
     def __init__(self, run_dir: str | Path, use_wandb: bool = False, project: str = "srpo"):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.dir / "metrics.jsonl", "a")
-        self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self._jsonl = None
+        self._tb = None
         self._wandb = None
         if use_wandb:
             import wandb
@@ -180,6 +184,8 @@ class MetricsLogger:
 
     def log(self, metrics: dict) -> None:
         step = metrics["step"]
+        if self._jsonl is None:
+            self._open(step)
         self._jsonl.write(json.dumps(metrics) + "\n")
         self._jsonl.flush()
         for key, value in metrics.items():
@@ -189,6 +195,32 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
 
+    def _open(self, first_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = self.dir / "metrics.jsonl"
+        kept = [line for line in _jsonl_lines(path) if line[1] < first_step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(text for text, _ in kept))
+        tmp.replace(path)  # atomic: a crash here leaves the old file or the new one
+        self._jsonl = open(path, "a")  # noqa: SIM115 - lives as long as the logger
+        self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=first_step)
+
     def close(self) -> None:
-        self._jsonl.close()
-        self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _jsonl_lines(path: Path) -> list[tuple[str, int]]:
+    """(line, step) of every complete record in a metrics.jsonl (none if it does not exist)."""
+    if not path.exists():
+        return []
+    records = []
+    for text in path.read_text().splitlines(keepends=True):
+        try:
+            step = json.loads(text)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # the torn last line of a killed run
+        records.append((text if text.endswith("\n") else text + "\n", step))
+    return records
