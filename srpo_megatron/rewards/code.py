@@ -79,6 +79,31 @@ def __srpo_tests(tests, setup, entry_point, marker):
         for index in range(len(tests)):
             verdict(index, describe(exc, setup, "<test setup>"))
         return
+    def call_test(fn, namespace):
+        # pytest semantics, as far as __srpo_pytest provides them: one call per parametrize case,
+        # the other parameters filled from fixtures (a generator fixture is torn down after the call).
+        code = fn.__code__
+        params = code.co_varnames[int(hasattr(fn, "__self__")) : code.co_argcount]
+        for case in getattr(fn, "srpo_cases", [{}]):
+            args, teardown = dict(case), []
+            try:
+                for name in params:
+                    if name in args:
+                        continue
+                    pytest = sys.modules.get("pytest")
+                    provider = getattr(pytest, name, None) if name == "capsys" else namespace.get(name)
+                    if not getattr(provider, "srpo_fixture", False):
+                        raise TypeError("fixture '" + name + "' is not available in the sandbox")
+                    value = provider()
+                    if isinstance(value, types.GeneratorType):
+                        teardown.append(value)
+                        value = next(value)
+                    args[name] = value
+                fn(**args)
+            finally:
+                for generator in teardown:
+                    next(generator, None)
+
     def run_case(case):
         unittest = sys.modules["unittest"]
         result = unittest.TestResult()
@@ -98,18 +123,110 @@ def __srpo_tests(tests, setup, entry_point, marker):
                 if isinstance(value, types.FunctionType):
                     if name == "check" and entry_point:
                         value(candidate)
-                    elif name.startswith("test"):
-                        value()
+                    elif name.startswith("test") and not getattr(value, "srpo_fixture", False):
+                        call_test(value, namespace)
                 elif unittest is not None and isinstance(value, type) and issubclass(value, unittest.TestCase):
                     run_case(value)
                 elif isinstance(value, type) and name.startswith("Test"):  # pytest test class
                     instance = value()
                     for method in [m for m in vars(value) if m.startswith("test")]:
-                        getattr(instance, method)()
+                        call_test(getattr(instance, method), namespace)
         except BaseException as exc:
             verdict(index, describe(exc, source, "<test>"))
         else:
             verdict(index, None)
+"""
+
+
+# Put before the test stub when a test mentions pytest (or capsys): the sandbox's `python -I -S` has none.
+_PYTEST_STUB = """
+
+def __srpo_pytest():
+    # What pytest-style test sets use most: raises, approx, mark.parametrize (other marks are ignored),
+    # fixture (plain or yield) and the capsys fixture. Registered as `pytest` only if none is importable.
+    import io, math, re, sys, types
+
+    class RaisesContext:
+        def __init__(self, expected, match=None):
+            self.expected, self.match, self.type, self.value = expected, match, None, None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, value, traceback):
+            if kind is None:
+                raise AssertionError("DID NOT RAISE " + repr(self.expected))
+            if not issubclass(kind, self.expected):
+                return False
+            if self.match is not None and not re.search(self.match, str(value)):
+                raise AssertionError("Regex " + repr(self.match) + " does not match " + repr(str(value)))
+            self.type, self.value = kind, value
+            return True
+
+    class approx:
+        def __init__(self, expected, rel=1e-6, abs=1e-12):
+            self.expected, self.rel, self.abs = expected, rel, abs
+
+        def __eq__(self, actual):
+            expected, close = self.expected, lambda e, a: approx(e, self.rel, self.abs) == a
+            if isinstance(expected, dict):
+                return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
+                    close(v, actual[k]) for k, v in expected.items())
+            if isinstance(expected, (list, tuple)):
+                return len(actual) == len(expected) and all(map(close, expected, actual))
+            return actual == expected or math.isclose(actual, expected, rel_tol=self.rel, abs_tol=self.abs)
+
+        def __repr__(self):
+            return "approx(" + repr(self.expected) + ")"
+
+    def parametrize(names, values, **options):
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+
+        def mark(fn):
+            cases = getattr(fn, "srpo_cases", [{}])
+            fn.srpo_cases = [{**case, **dict(zip(names, value if len(names) > 1 else (value,)))}
+                             for case in cases for value in values]
+            return fn
+        return mark
+
+    class Mark:
+        def __getattr__(self, name):
+            if name == "parametrize":
+                return parametrize
+            return lambda *args, **kwargs: args[0] if len(args) == 1 and callable(args[0]) else (lambda fn: fn)
+
+    def fixture(fn=None, **options):
+        if fn is None:
+            return fixture
+        fn.srpo_fixture = True
+        return fn
+
+    def capsys():
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+
+        def readouterr():
+            out, err = sys.stdout.getvalue(), sys.stderr.getvalue()
+            for stream in (sys.stdout, sys.stderr):
+                stream.seek(0)
+                stream.truncate()
+            return types.SimpleNamespace(out=out, err=err)
+        try:
+            yield types.SimpleNamespace(readouterr=readouterr)
+        finally:
+            sys.stdout, sys.stderr = saved
+
+    pytest = types.ModuleType("pytest")
+    pytest.raises, pytest.approx, pytest.mark, pytest.fixture = RaisesContext, approx, Mark(), fixture
+    pytest.capsys = fixture(capsys)
+    return pytest
+
+
+try:
+    import pytest
+except ImportError:
+    import sys
+    sys.modules["pytest"] = __srpo_pytest()
 """
 
 
@@ -225,7 +342,9 @@ class TestProgram:
     `setup` and each test in turn, each test in its own copy of the program's globals. A test runs
     its top-level code (`assert` lines), then `check(candidate)` when it defines `check` and an
     `entry_point` is given (HumanEval), then every `test*` function, `Test*` class and
-    `unittest.TestCase` it defines (pytest / unittest style; the program is importable as `solution`).
+    `unittest.TestCase` it defines (pytest / unittest style; the program is importable as `solution`;
+    without pytest in the sandbox, tests that use it get its raises, approx, mark.parametrize, fixture
+    and capsys from a small stand-in, and other fixtures fail the test naming them).
     A test passes when all of that returns; an assert or any exception fails it with the exception and
     the test line as the reason, never the grader. Test code that cannot fail (no assert, raise or
     assert* call) is rejected when parsed: it would pass any program.
@@ -278,7 +397,8 @@ class TestProgram:
     def source(self, program: str, marker: str) -> str:
         """The candidate program followed by the test stub and its call."""
         call = f"__srpo_tests({self.tests!r}, {self.setup!r}, {self.entry_point!r}, {marker!r})\n"
-        return program + _TEST_STUB + call
+        pytest = _PYTEST_STUB if any("pytest" in test or "capsys" in test for test in self.tests) else ""
+        return program + pytest + _TEST_STUB + call
 
     def failures(self, index: int, outcome: RunOutcome, marker: str) -> dict[int, str]:
         """{test index: why it failed}; a test without a verdict fails with the run's own failure."""

@@ -178,4 +178,64 @@ def test_batch_runs_each_distinct_program_once(sandbox: Sandbox) -> None:
 def test_setup_names_are_visible_to_the_program(sandbox: Sandbox) -> None:
     """MBPP's reference programs use what `test_setup_code` imports (its harness runs one namespace)."""
     tests = {"setup_code": "import math", "test_code": ["assert hyp(3, 4) == 5.0"]}
-    assert code_reward(fenced("def hyp(a, b):\n    return math.sqrt(a * a + b * b)"), tests, sandbox=sandbox).score == 1.0
+    program = fenced("def hyp(a, b):\n    return math.sqrt(a * a + b * b)")
+    assert code_reward(program, tests, sandbox=sandbox).score == 1.0
+
+
+PYTEST_FEATURES = '''import pytest
+from solution import div, show
+
+
+def test_raises():
+    with pytest.raises(ValueError, match="zero") as info:
+        div(1, 0)
+    assert "must" in str(info.value)
+
+
+@pytest.mark.parametrize("a, b, expected", [(1, 2, 0.5), (3, 3, 1.0)])
+def test_div(a, b, expected):
+    assert div(a, b) == pytest.approx(expected)
+
+
+@pytest.fixture
+def numbers():
+    yield [1, 2]
+
+
+def test_fixture(numbers):
+    assert div(*numbers) == 0.5
+
+
+def test_print(capsys):
+    show(3)
+    assert capsys.readouterr().out == "value 3\\n"
+
+
+@pytest.mark.slow
+def test_marked():
+    assert div(4, 2) == 2
+'''
+DIV = "def div(a, b):\n    if b == 0:\n        raise ValueError('b must not be zero')\n    return a / b\n\n" \
+      "def show(x):\n    print('value', x)"
+
+
+@pytest.mark.parametrize(("program", "reason"), [
+    (DIV, None),
+    (DIV.replace("a / b", "a // b"), "AssertionError at `assert div(a, b) == pytest.approx(expected)`"),
+    (DIV.replace("ValueError", "TypeError"), "TypeError: b must not be zero at `div(1, 0)`"),
+    (DIV.replace("zero", "0"), "AssertionError: Regex 'zero' does not match 'b must not be 0' at "
+                                   '`with pytest.raises(ValueError, match="zero") as info:`'),
+    (DIV.replace("'value', x", "x"), 'AssertionError at `assert capsys.readouterr().out == "value 3\\n"`'),
+])
+def test_pytest_tests_run_without_pytest_in_the_sandbox(sandbox: Sandbox, program: str, reason) -> None:
+    """KodCode-style tests import pytest; the sandbox's interpreter has only the standard library."""
+    result = code_reward(fenced(program), {"test_code": [PYTEST_FEATURES]}, sandbox=sandbox)
+    expected = (1.0, "passed 1/1 tests") if reason is None else (0.0, f"test 1/1: {reason}")
+    assert (result.score, result.reason) == expected
+
+
+def test_unavailable_fixture_fails_the_test_naming_it(sandbox: Sandbox) -> None:
+    tests = {"test_code": ["def test_files(tmp_path):\n    assert total([]) == 0"]}
+    result = code_reward(TOTAL, tests, sandbox=sandbox)
+    assert result.score == 0.0
+    assert result.reason == "test 1/1: TypeError: fixture 'tmp_path' is not available in the sandbox"
