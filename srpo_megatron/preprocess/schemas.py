@@ -23,7 +23,7 @@ Recognised columns (case-insensitive; dotted names reach into nested dicts), fir
   `canonical_solution` or `code`. A prompt that is Python code (HumanEval's signature and docstring) is
   framed as "complete this function", and its `canonical_solution` (the body) is appended to it;
 - `id`, `unique_id`, `problem_id`, `question_id`, `task_id`, `extra_info.index`; `source`, `data_source`;
-- `domain`, when present, must be the domain the file is read as.
+- `domain`, when it is a string, must be the domain the file is read as.
 
 A row that cannot be mapped becomes a `Reject` with its reason and never stops the run. A file that
 cannot be read at all, is empty, or has no column a prompt or its answer/tests could come from does:
@@ -292,8 +292,9 @@ def map_row(raw: Mapping[str, Any], domain: str, dataset: str, origin: str) -> P
 
 
 def _check_domain(row: Mapping[str, Any], domain: str) -> None:
+    """A string `domain` must be the file's; other values are a set's own metadata (Big-Math lists subjects)."""
     declared = row.get("domain")
-    if declared is not None and declared != "" and declared != domain:
+    if isinstance(declared, str) and declared.strip() and declared != domain:
         raise RowError(
             "malformed",
             f"column 'domain' is {declared!r} but the row was read as {domain} data; valid domains: "
