@@ -394,7 +394,10 @@ def _program_tests(row: Mapping[str, Any], prompt: str) -> tuple[str, dict[str, 
     """(column, `{"test_code", "setup_code"?, "entry_point"?}`, prompt) from a test-program or MBPP row."""
     key, code = _first(row, TEST_PROGRAM_KEYS)
     code = [code] if isinstance(code, str) else code
-    if code and any(_text_or_none(test) for test in code if isinstance(test, str)):
+    if code is not None and not (isinstance(code, list) and all(isinstance(test, str) for test in code)):
+        raise RowError("malformed", f"column {key!r} must be Python test code or a list of it, "
+                                    f"got {type(code).__name__}")
+    if code and any(_text_or_none(test) for test in code):
         tests = list(code)
     else:
         key, asserts = _first(row, ASSERT_LIST_KEYS)

@@ -15,6 +15,7 @@ import pytest
 from srpo_megatron.eval.evaluate import load_eval_rows
 from srpo_megatron.eval.scoring import score_responses
 from srpo_megatron.preprocess.__main__ import main
+from srpo_megatron.preprocess.schemas import RowError, map_row
 from srpo_megatron.rewards.code import parse_tests
 
 TOTAL_PROMPT = 'def total(xs: list) -> int:\n    """Sum of xs.\n    >>> total([1, 2])\n    3\n    """\n'
@@ -61,6 +62,7 @@ KODCODE = [  # a generic `test` column: pytest functions importing the candidate
     {"question_id": "kc-3", "question": "Write `f()`.", "test": "print(f())"},  # cannot fail: malformed
     {"question_id": "kc-4", "question": "Write `g()`.", "test": "assert g() == 1", "domain": "math"},  # wrong domain
 ]
+NOT_TEST_CODE = {"question_id": "x-1", "question": "Write `h()`.", "test": 7}  # a `test` column of another meaning
 MATH = [
     {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                  "How many clips did Natalia sell altogether in April and May?",
@@ -162,6 +164,12 @@ def test_math_answer_columns(run) -> None:
     assert "valid domains: ['math', 'code']" in chem["detail"] and chem["origin"].endswith("gsm8k_math.jsonl:5")
     proof = next(r for r in rejects if r["reason"] == "missing_answer")
     assert "\\boxed{} final answer" in proof["detail"]
+
+
+def test_test_column_of_another_meaning_is_malformed() -> None:
+    with pytest.raises(RowError) as err:
+        map_row(NOT_TEST_CODE, "code", "x", "f:0")
+    assert err.value.reason == "malformed" and "column 'test' must be Python test code" in err.value.detail
 
 
 def test_evaluation_grades_test_programs(tmp_path) -> None:
