@@ -41,7 +41,9 @@ def fenced(program: str) -> str:
 def test_fork_bomb_does_not_starve_concurrent_honest_programs() -> None:
     """Each sandbox has its own process limit: the honest programs beside two bombs all pass."""
     sandbox = Sandbox(SandboxConfig(timeout_s=1.5, max_processes=64))
-    responses = [fenced(FORK_BOMB)] + [fenced(HONEST)] * 3 + [fenced(FORK_BOMB)] + [fenced(HONEST)] * 3
+    programs = [FORK_BOMB] + [HONEST] * 3 + [FORK_BOMB] + [HONEST] * 3
+    # Distinct sources: identical (program, tests) pairs would be run once and share a result.
+    responses = [fenced(f"# rollout {i}\n{program}") for i, program in enumerate(programs)]
     results = code_reward_batch(responses, [ADD3] * len(responses), sandbox=sandbox, workers=4)
     assert [r.score for r in results] == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0], [r.reason for r in results]
 
