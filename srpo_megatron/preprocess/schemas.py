@@ -6,8 +6,8 @@ string in one of the three forms `rewards.code.parse_tests` reads), `source`.
 Recognised columns (case-insensitive; dotted names reach into nested dicts), first match wins:
 - prompt: `prompt` (text, or chat messages as in DAPO-Math-17k), `problem`, `question`, `question_content`,
   `text` (MBPP); a code row's `starter_code` is appended to its prompt;
-- math: `answer`, `final_answer`, `reward_model.ground_truth` (a GSM8K answer keeps what follows its
-  `#### `); without one, the last `\\boxed{}` of `solution` (MATH, DeepScaleR); optional `solution`
+- math: `answer`, `final_answer` (also a one-item list), `reward_model.ground_truth` (a GSM8K answer
+  keeps what follows its `#### `); without one, the last `\\boxed{}` of `solution` (MATH, DeepScaleR); optional `solution`
   (reference solution, checked against the answer);
 - code, first form found:
   - `tests`, `input_output`, `test_cases`, `public_test_cases` (dict or JSON string; APPS/TACO
@@ -352,6 +352,8 @@ def _math_fields(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         raise RowError("malformed", f"column {solution_key!r} must be a string, got {type(solution).__name__}")
     solutions = (solution,) if _text_or_none(solution) else ()
     key, answer = _first(row, ANSWER_KEYS)
+    if isinstance(answer, list) and len(answer) == 1:  # OlympiadBench: "final_answer": ["$3$"]
+        answer = answer[0]
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         boxed = extract_answer(solution, _BOXED_ONLY) if solutions else None
         if not boxed:

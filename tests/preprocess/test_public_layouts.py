@@ -76,6 +76,7 @@ MATH = [
     {"problem": "What is the symbol for nothing?", "answer": "???"},  # unparseable
     {"problem": "What is the chemical formula of water?", "answer": "H2O", "domain": "chem"},
     {"problem": "What is 3 squared?", "answer": "9", "domain": ["Mathematics -> Algebra"]},  # Big-Math: subjects
+    {"question": "Find the smallest prime larger than 10.", "final_answer": ["$11$"]},  # OlympiadBench
 ]
 
 
@@ -119,7 +120,7 @@ def test_counts_add_up_to_rows_read(run) -> None:
     for domain in ("math", "code"):
         assert report[domain]["read"] == report[domain]["kept"] + sum(report[domain]["dropped"].values())
     assert len(rejects) == sum(sum(report[d]["dropped"].values()) for d in ("math", "code"))
-    assert (report["math"]["read"], report["math"]["kept"]) == (7, 4)
+    assert (report["math"]["read"], report["math"]["kept"]) == (8, 5)
     assert report["math"]["dropped"] == {"malformed": 1, "missing_answer": 1, "contaminated": 0,
                                                "unparseable_answer": 1, "solution_mismatch": 0, "duplicate": 0,
                                                "too_easy": 0}
@@ -156,7 +157,7 @@ def test_code_layouts_become_test_programs(run) -> None:
 def test_math_answer_columns(run) -> None:
     out, _, rejects = run
     rows = pq.read_table(out / "stage1_math.parquet").to_pylist()
-    assert [r["answer"] for r in rows] == ["72", "1800", "\\frac{3}{4}", "9"]
+    assert [r["answer"] for r in rows] == ["72", "1800", "\\frac{3}{4}", "9", "$11$"]
     unparseable = next(r for r in rejects if r["reason"] == "unparseable_answer")
     assert unparseable["row"]["answer"] == "???" and "'???'" in unparseable["detail"]
     chem = next(r for r in rejects if r["row"].get("domain") == "chem")
