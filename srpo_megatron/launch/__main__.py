@@ -1,7 +1,7 @@
 """CLI: submit (or dry-run) an SRPO training job with nemo-run.
 
     python -m srpo_megatron.launch --config examples/qwen2.5-32b/launch.yaml [--dryrun]
-        [--set slurm.partition=batch ...] [trainer.key=value ...]
+        [--set slurm.partition=batch ...] [--train-python PY | --no-train-check] [trainer.key=value ...]
 
 Run it with the launcher virtualenv (.venv-launch); the job itself runs the training stack.
 """
@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from srpo_megatron.launch.config import LaunchConfigError, load_launch_config
+from srpo_megatron.launch.train_check import check_train_config, training_python
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a launch-config field, e.g. --set slurm.time=02:00:00 (repeatable)",
     )
+    parser.add_argument(
+        "--train-python",
+        metavar="PY",
+        help="interpreter of the training environment that validates train_config and the overrides "
+        "before anything is written (default: python_env's, when it is on this machine)",
+    )
+    parser.add_argument(
+        "--no-train-check",
+        action="store_true",
+        help="submit without validating the trainer config (when its environment or paths exist only "
+        "on the cluster); a bad config then fails when the job starts",
+    )
     parser.add_argument("overrides", nargs="*", help="trainer key=value overrides, appended to the config's")
     return parser
 
@@ -46,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: trainer override {bad[0]!r} is not key=value", file=sys.stderr)
+        return 2
+    try:
+        if args.no_train_check:
+            print("warning: --no-train-check: the trainer config is not validated", file=sys.stderr)
+        else:
+            check_train_config(cfg, args.overrides, training_python(cfg, args.train_python))
+    except LaunchConfigError as err:
+        print(f"error: launch config {args.config}: {err}", file=sys.stderr)
         return 2
     # nemo-run is imported only now: it is slow to import and not needed to report config errors.
     from srpo_megatron.launch.submit import TASK_NAME, submit, trainer_task

@@ -6,6 +6,7 @@ tests submit run torchrun from the training virtualenv (.venv), named through th
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -75,3 +76,15 @@ def train_venv() -> Path:
     if not (TRAIN_VENV / "bin" / "torchrun").exists():
         pytest.fail(f"no training virtualenv with torchrun at {TRAIN_VENV}; create it first (README)")
     return TRAIN_VENV
+
+
+@pytest.fixture(scope="session")
+def stand_in_model(tmp_path_factory) -> Path:
+    """An HF model directory with just a config.json (4 heads, 2 KV heads, 2 layers): all that
+    validating a trainer config reads of the model."""
+    path = tmp_path_factory.mktemp("stand-in-model")
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+              "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_hidden_layers": 2, "vocab_size": 1001, "max_position_embeddings": 256}
+    (path / "config.json").write_text(json.dumps(config))
+    return path

@@ -50,7 +50,9 @@ def _dryrun(config: str, *extra: str, env: dict[str, str] | None = None) -> tupl
 
 def test_qwen32b_dryrun_4_nodes_x_8_gpus():
     sbatch, rank = _dryrun(
-        "examples/qwen2.5-32b/launch.yaml", "--set", "slurm.time=02:00:00", "trainer.lr=2e-6", env=CLUSTER_ENV
+        "examples/qwen2.5-32b/launch.yaml",
+        *("--set", "slurm.time=02:00:00", "--no-train-check", "optimizer.lr=2e-6"),  # the job's paths are the cluster's
+        env=CLUSTER_ENV,
     )
     for line in (
         "#SBATCH --nodes=4",
@@ -80,18 +82,18 @@ def test_qwen32b_dryrun_4_nodes_x_8_gpus():
         assert flag in torchrun, torchrun
     assert rank.strip().endswith(
         "cd /workspace/srpo-megatron && exec python -m srpo_megatron.train "
-        "--config examples/qwen2.5-32b/train.yaml trainer.lr=2e-6 --resume auto"
+        "--config examples/qwen2.5-32b/train.yaml optimizer.lr=2e-6 --resume auto"
     ), rank
 
 
 def test_qwen7b_dryrun_1_node_x_8_gpus():
-    sbatch, rank = _dryrun("examples/qwen2.5-7b/launch.yaml", env=CLUSTER_ENV)
+    sbatch, rank = _dryrun("examples/qwen2.5-7b/launch.yaml", "--no-train-check", env=CLUSTER_ENV)
     assert "#SBATCH --nodes=1" in sbatch and "#SBATCH --gpus-per-node=8" in sbatch
     assert re.search(r"torchrun .*--nnodes 1 --nproc-per-node 8", sbatch)
     assert "--config examples/qwen2.5-7b/train.yaml --resume auto" in rank
 
 
-def test_tiny_slurm_script_is_accepted_by_real_slurm(slurm_cluster, tmp_path, train_venv):
+def test_tiny_slurm_script_is_accepted_by_real_slurm(slurm_cluster, tmp_path, train_venv, stand_in_model):
     """sbatch --test-only asks the local slurmctld to validate the script without running it."""
     sbatch, rank = _dryrun(
         "examples/tiny_cpu/launch_slurm.yaml",
@@ -99,6 +101,7 @@ def test_tiny_slurm_script_is_accepted_by_real_slurm(slurm_cluster, tmp_path, tr
         f"slurm.tunnel.job_dir={tmp_path}",
         "--set",
         f"python_env={train_venv}",
+        env={"SRPO_TINY_MODEL": str(stand_in_model)},
     )
     assert "#SBATCH --nodes=2" in sbatch and "gpus-per-node" not in sbatch
     assert f"export PATH={train_venv}/bin:$PATH" in sbatch
@@ -121,10 +124,11 @@ def test_unknown_sbatch_flag_names_the_field(tmp_path):
     subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0,
     reason="the git packager archives HEAD; this checkout has no commit yet",
 )
-def test_git_packager_ships_the_commit(tmp_path):
+def test_git_packager_ships_the_commit(tmp_path, stand_in_model):
     sbatch, rank = _dryrun(
         "examples/tiny_cpu/launch_slurm.yaml",
         *("--set", "packager=git", "--set", "code_dir=null", "--set", f"slurm.tunnel.job_dir={tmp_path}"),
+        env={"SRPO_TINY_MODEL": str(stand_in_model)},
     )
     code = next(tmp_path.glob("experiments/*/*/train/code"))
     assert (code / "srpo_megatron" / "__init__.py").is_file()  # git archive of HEAD
