@@ -7,8 +7,8 @@ Recognised columns (case-insensitive; dotted names reach into nested dicts), fir
 - prompt: `prompt` (text, or chat messages as in DAPO-Math-17k), `problem`, `question`, `question_content`,
   `text` (MBPP); a code row's `starter_code` is appended to its prompt;
 - math: `answer`, `final_answer` (also a one-item list), `reward_model.ground_truth` (a GSM8K answer
-  keeps what follows its `#### `); without one, the last `\\boxed{}` of `solution` (MATH, DeepScaleR); optional `solution`
-  (reference solution, checked against the answer);
+  keeps what follows its `#### `); without one, the last `\\boxed{}` of `solution` (MATH, DeepScaleR);
+  optional `solution` (reference solution, checked against the answer);
 - code, first form found:
   - `tests`, `input_output`, `test_cases`, `public_test_cases` (dict or JSON string; APPS/TACO
     `{"inputs", "outputs"}`, a LiveCodeBench-style list of `{"input", "output"}`, or this project's

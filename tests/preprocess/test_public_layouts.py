@@ -102,7 +102,8 @@ def run(tmp_path_factory) -> tuple[Path, dict, dict]:
     data = tmp_path_factory.mktemp("layouts")
     out = data / "out"
     argv = ["--math", str(write_jsonl(data / "gsm8k_math.jsonl", MATH)),
-            "--code", str(write_jsonl_gz(data / "HumanEval.jsonl.gz", HUMANEVAL)), str(write_jsonl(data / "mbpp.jsonl", MBPP)),
+            "--code", str(write_jsonl_gz(data / "HumanEval.jsonl.gz", HUMANEVAL)),
+            str(write_jsonl(data / "mbpp.jsonl", MBPP)),
             str(write_parquet(data / "mbpp_sanitized.parquet", MBPP_SANITIZED)),
             str(write_jsonl(data / "kodcode.jsonl", KODCODE)),
             "--out", str(out), "--keep-rejects", "--cache-dir", str(data / "hf-cache"), "--math-timeout", "5"]
