@@ -28,9 +28,9 @@ from tiny_runs import prepare, train  # noqa: E402
 from tools.run_summary import heldout_curves  # noqa: E402
 
 METHODS = {
-    "srpo": ["training.history_resampling=true"],
-    "grpo": ["training.history_resampling=false"],
-    "dapo": ["training.history_resampling=false", "training.dynamic_sampling=true"],
+    "srpo": ["training.sampler=history_resampling"],
+    "grpo": ["training.sampler=uniform"],
+    "dapo": ["training.sampler=dynamic_sampling"],
 }
 
 

@@ -94,6 +94,9 @@ class OptimizerConfig:
             raise ValueError("optimizer.warmup_steps and optimizer.clip_grad must be >= 0")
 
 
+SAMPLERS = ("history_resampling", "uniform", "dynamic_sampling")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """The loop: how long, how batches split, where the run writes."""
@@ -107,11 +110,11 @@ class TrainingConfig:
     micro_batch_size: int = 4
     """Sequences per forward/backward micro-batch."""
     seed: int = 1234
-    history_resampling: bool = True
-    """SRPO's epoch-level history resampling; False gives plain GRPO sampling."""
-    dynamic_sampling: bool = False
-    """DAPO's in-batch dynamic sampling (drop all-correct and all-wrong groups, draw more prompts
-    to refill), for comparison runs; usually with history_resampling false."""
+    sampler: str = "history_resampling"
+    """How prompts are drawn: `history_resampling` (SRPO: at each epoch boundary drop the prompts
+    whose rollouts were all correct), `uniform` (plain GRPO: every prompt once per epoch) or
+    `dynamic_sampling` (DAPO: uniform, then drop all-correct and all-wrong groups and draw more
+    prompts to refill), the last two for comparison runs."""
     dynamic_sampling_rounds: int = 3
     """Extra prompt draws per step that dynamic sampling may make."""
     eval_every: int = 0
@@ -123,8 +126,6 @@ class TrainingConfig:
     """Checkpoint every N steps (0: only at the end)."""
     reference_model: bool = False
     """Keep a frozen reference model for the `kl` metric even when the KL loss is off."""
-    logprob_check: bool = True
-    """Log `logprob_diff`: vLLM's sampled-token log-probs vs Megatron's recomputed ones."""
     stop_after: int = 0
     """Stop after this many steps of this process (testing preemption); 0 runs to `steps`."""
 
@@ -132,6 +133,8 @@ class TrainingConfig:
         for name in ("steps", "updates_per_step", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"training.sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ class Trainer:
         self.gather = tensor_parallel_gather()  # kept for every sync (on CPU it joins shared memory)
         self.scorer = RewardScorer(config.reward)
         factory = history_sampler_factory({d: len(r) for d, r in self.rows.items()}, ctx.dp_rank,
-                                          ctx.data_parallel, train_cfg.seed, train_cfg.history_resampling)
+                                          ctx.data_parallel, train_cfg.seed,
+                                          enabled=train_cfg.sampler == "history_resampling")
         self.scheduler = StageScheduler(config.stages, config.data.prompts_per_step, factory, ctx.data_parallel)
         self.sampling = _step_sampling(config)
         self.train_share = EngineShare.of(ps.get_model_parallel_group(), config.rollout.tensor_parallel_size)
@@ -311,8 +312,8 @@ def _load_rows(data: DataConfig) -> tuple[dict[str, list[dict]], dict[str, list[
 
 
 def _step_sampling(config: TrainConfig):
-    """How a step's rollouts are drawn: once, or DAPO's refill over draws (`data.sampler`)."""
-    if not config.training.dynamic_sampling:
+    """How a step's rollouts are drawn: once, or DAPO's refill over draws (`training.sampler`)."""
+    if config.training.sampler != "dynamic_sampling":
         return draw_once
     return partial(draw_informative, group_size=config.rollout.n_samples_per_prompt,
                    extra_draws=config.training.dynamic_sampling_rounds)

@@ -47,6 +47,8 @@ def test_missing_model_dir_names_the_field(tmp_path, name):
     ("rollout.top_p=0", r"top_p"),
     ("rollout.tensor_parallel_size=2", r"rollout.tensor_parallel_size=2 must divide"),
     ("data.code=[]", r"stages mix domains \['code'\] but data has no files"),
+    ("training.sampler=grpo", r"training.sampler must be one of history_resampling, uniform, dynamic_sampling"),
+    ("training.history_resampling=false", r"training.history_resampling: unknown field; valid fields: .*sampler"),
 ])
 def test_bad_values_name_the_field(override, message, model_dir):
     with pytest.raises(ValueError, match=message):
@@ -65,3 +67,16 @@ def test_data_row_without_answer_names_file_and_row(tmp_path):
     path.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?"}\n')
     with pytest.raises(ValueError, match=r"math.jsonl row 1: a math row needs 'answer'"):
         load_rows([str(path)], "math")
+
+
+def test_every_section_is_frozen(model_dir):
+    """A run's config cannot drift after validation: no section, the rollout's included, takes assignment."""
+    import dataclasses
+
+    config = load_config("examples/tiny_cpu/config.yaml", [f"model.hf_path={model_dir}"])
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        for item in value if isinstance(value, list) else [value]:
+            first = dataclasses.fields(item)[0].name
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(item, first, getattr(item, first))

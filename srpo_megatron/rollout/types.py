@@ -21,7 +21,7 @@ _LOGPROBS_MODES: tuple[str, ...] = ("processed_logprobs", "raw_logprobs")
 _WEIGHT_TRANSFER: tuple[str, ...] = ("", "ipc", "nccl")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     """How the vLLM rollout engine samples, and how it is sized."""
 

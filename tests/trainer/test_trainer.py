@@ -170,7 +170,7 @@ def test_plot_tool_draws_sparse_held_out_curves(tmp_path):
 def test_dapo_dynamic_sampling_draws_extra_prompts(setup, tmp_path):
     root, config = setup
     run_dir = tmp_path / "dapo"
-    proc = _torchrun(config, run_dir, "training.dynamic_sampling=true", "training.history_resampling=false",
+    proc = _torchrun(config, run_dir, "training.sampler=dynamic_sampling",
                      "training.steps=1", "training.save_every=0", "training.dynamic_sampling_rounds=2")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
