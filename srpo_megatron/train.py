@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None,
                         help="'auto' (latest complete checkpoint in run_dir, if any; damaged ones are "
                              "skipped, loudly) or a checkpoint path")
+    parser.add_argument("--resume-fresh-rng", action="store_true",
+                        help="continue with fresh RNG on ranks the checkpoint has no RNG file for "
+                             "(e.g. more ranks than saved it); the run is then not an exact continuation")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the config, overrides and model split, print 'config ok', exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. training.steps=20")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config ok")
         return 0
 
+    from srpo_megatron.checkpoint import ResumeRequest
     from srpo_megatron.run_lock import RunDirInUse, RunLock
     from srpo_megatron.trainer import Trainer
 
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with lock:
-        trainer = Trainer(config, resume=args.resume)
+        resume = ResumeRequest(args.resume, args.resume_fresh_rng) if args.resume else None
+        trainer = Trainer(config, resume=resume)
         try:
             trainer.train()
         finally:
