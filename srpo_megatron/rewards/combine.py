@@ -102,18 +102,26 @@ class RewardScorer:
 
     def __init__(self, config: RewardConfig = RewardConfig()) -> None:
         self.config = config
-        self.sandbox = Sandbox(config.sandbox)
         self._math_pool: GradingPool | None = None
-        self._math_pool_lock = threading.Lock()
+        self._sandbox: Sandbox | None = None
+        self._lazy_lock = threading.Lock()
 
     @property
     def math_pool(self) -> GradingPool:
         """Created on first use: a code-only stage never starts grading processes."""
-        with self._math_pool_lock:
+        with self._lazy_lock:
             if self._math_pool is None:
                 cfg = self.config
                 self._math_pool = GradingPool(cfg.math_workers, cfg.math_timeout_s, cfg.math_memory_mb)
             return self._math_pool
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """Created on first use: a math-only run works on a host that cannot isolate programs."""
+        with self._lazy_lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(self.config.sandbox)
+            return self._sandbox
 
     def score(self, rows: Sequence[Mapping], responses: Sequence[str]) -> list[ScoredResponse]:
         """Score responses[i] for rows[i] (schema: `domain`, and `answer` or `tests`); input order."""

@@ -160,8 +160,12 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig = SandboxConfig()) -> None:
         self.config = config
-        as_root = os.geteuid() == 0
-        self._unshare, missing = _namespace_support(as_root) if config.use_namespaces else ((), "use_namespaces is False")
+        # Root that can become the range's uids; "root" of a container's user namespace (enroot,
+        # podman) often maps only itself and takes the user-namespace route instead.
+        as_root = os.geteuid() == 0 and (config.uids is None or _uids_mapped(*config.uids))
+        self._unshare, missing = (
+            _namespace_support(as_root) if config.use_namespaces else ((), "use_namespaces is False")
+        )
         if not self._unshare and not config.allow_without_namespaces:
             raise SandboxError(
                 f"the sandbox cannot isolate programs on this host ({missing}): a program could read the "
@@ -399,6 +403,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
+
+
+def _uids_mapped(first: int, count: int) -> bool:
+    """Whether [first, first + count) are uids of this process's user namespace."""
+    with open("/proc/self/uid_map") as f:
+        ranges = [tuple(map(int, line.split())) for line in f if line.strip()]
+    return any(inside <= first and first + count <= inside + length for inside, _, length in ranges)
 
 
 @functools.cache

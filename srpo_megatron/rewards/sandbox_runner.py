@@ -116,7 +116,8 @@ def _bind(mount, source: str, target: str, read_only: bool) -> None:
     if read_only:
         # A user namespace may only add restrictions: keep the host mount's noexec and atime flags.
         host = os.statvfs(target).f_flag
-        kept = (host & (os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)) | (_MS_RELATIME if host & os.ST_RELATIME else 0)
+        kept = host & (os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)
+        kept |= _MS_RELATIME if host & os.ST_RELATIME else 0
         mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | kept, None)
 
 

@@ -235,7 +235,8 @@ def test_unscored_rollouts_are_counted_and_left_out_of_the_means() -> None:
 def test_scorer_marks_a_sample_unscored_when_the_sandbox_keeps_failing(monkeypatch: pytest.MonkeyPatch) -> None:
     from srpo_megatron.rewards.combine import RewardConfig, RewardScorer
 
-    config = RewardConfig(sandbox=SandboxConfig(timeout_s=2.0, infra_retries=1, allow_without_namespaces=not NAMESPACES))
+    sandbox = SandboxConfig(timeout_s=2.0, infra_retries=1, allow_without_namespaces=not NAMESPACES)
+    config = RewardConfig(sandbox=sandbox)
 
     def broken_popen(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
@@ -245,3 +246,38 @@ def test_scorer_marks_a_sample_unscored_when_the_sandbox_keeps_failing(monkeypat
         row = {"id": "r", "domain": "code", "tests": ADD3}
         [scored] = scorer.score([row], [fenced("print(3)")])
     assert not scored.scored and scored.accuracy == 0.0, scored
+
+
+NON_ROOT_CHECK = """
+import json
+from concurrent.futures import ThreadPoolExecutor
+from srpo_megatron.rewards.sandbox import Sandbox, SandboxConfig
+sandbox = Sandbox(SandboxConfig(timeout_s=1.5, max_processes=64, python={python!r}))
+programs = [{bomb!r}, {honest!r}, {honest!r}, {honest!r}]
+with ThreadPoolExecutor(4) as pool:
+    reports = list(pool.map(lambda p: sandbox.run(p, ["1 2\\n", "3 4\\n", "5 6\\n"]), programs))
+probe = sandbox.run("import os\\nprint([p for p in ({repo!r}, '/home', '/work') if os.path.exists(p)])", [""])
+print(json.dumps({{"layers": sorted(sandbox.layers), "probe": probe.runs[0].stdout.decode(),
+                  "outputs": [[run.stdout.decode() for run in r.runs] for r in reports]}}))
+"""
+
+
+@needs_namespaces
+def test_without_root_each_sandbox_has_its_own_user_namespace_and_limit() -> None:
+    """What a Slurm job sees: no root. User namespaces give the same fairness and the same view."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or SYSTEM_PYTHON == sys.executable:
+        pytest.skip("needs root (to become nobody), setpriv and a system Python nobody can run")
+    script = NON_ROOT_CHECK.format(python=SYSTEM_PYTHON, bomb=FORK_BOMB, honest=HONEST, repo=str(REPO_ROOT))
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-c", script],
+        capture_output=True, text=True, timeout=60, cwd="/tmp",
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": os.environ["PATH"]},
+    )
+    if "cannot isolate programs" in proc.stderr:
+        pytest.skip(f"this host refuses user namespaces to non-root users: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    layers = set(result["layers"])
+    assert {"private_root", "nproc_limit", "pid_namespace"} <= layers and "uid_drop" not in layers
+    assert result["probe"] == "[]\n"
+    assert result["outputs"][1:] == [["3\n", "7\n", "11\n"]] * 3, result["outputs"]
