@@ -59,7 +59,7 @@ def summarize(metrics: list[dict], config: TrainConfig, window: int = 3) -> dict
         "truncated_frac": start_end(lambda m: m["truncated_frac"]),
         "steps": len(steps),
         "seconds_per_step": mean(steps, lambda m: m["t_step"]),
-        "rollout_seconds_per_step": mean(steps, lambda m: m["t_rollout"]),
+        "rollout_seconds_per_step": mean(steps, lambda m: m["t_rollout"] + m["t_reward"]),
         "train_seconds_per_step": mean(steps, lambda m: m["t_train"]),
         "train_seconds": round(sum(m["t_step"] for m in steps), 1),
         "window_steps": window,
