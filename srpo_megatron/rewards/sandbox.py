@@ -88,6 +88,9 @@ class SandboxConfig:
     for trusted code only, e.g. checking reference solutions."""
     private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
     """Where the scratch directory appears inside; the first one is the program's cwd and HOME."""
+    scratch_mb: int = 64
+    """Size of the scratch directory inside the namespaces (a tmpfs, so in memory): what a program
+    may write in all, beyond which writes fail with ENOSPC instead of filling the host's disk."""
     exposed_paths: tuple[str, ...] = ()
     """Host paths visible read-only inside, beyond the interpreter's directories and the system
     libraries (nothing else exists there); e.g. a directory of allowed extra modules."""
@@ -105,7 +108,8 @@ class SandboxConfig:
         for name in ("timeout_s", "startup_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxConfig.{name} must be > 0 seconds (got {getattr(self, name)})")
-        for name in ("memory_mb", "max_processes", "max_file_mb", "max_output_bytes", "stack_mb"):
+        sizes = ("memory_mb", "max_processes", "max_file_mb", "max_output_bytes", "stack_mb", "scratch_mb")
+        for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be >= 1 (got {getattr(self, name)})")
         if self.infra_retries < 0:
@@ -117,6 +121,11 @@ class SandboxConfig:
                     f"SandboxConfig.uids=(first, count) must be unprivileged uids below 2**31 - 1 "
                     f"(got {self.uids}); e.g. (2000000000, 1024)"
                 )
+        if not self.private_dirs or not all(os.path.isabs(path) for path in self.private_dirs):
+            raise ValueError(
+                "SandboxConfig.private_dirs must be absolute paths, at least one (the program's cwd); "
+                f"got {self.private_dirs}"
+            )
         for path in self.exposed_paths:
             if not os.path.isabs(path):
                 raise ValueError(f"SandboxConfig.exposed_paths: {path!r} must be an absolute path")
@@ -209,11 +218,9 @@ class Sandbox:
         with self._lease() as uid:
             scratch = tempfile.mkdtemp(prefix="srpo-sandbox-", dir=cfg.scratch_root)
             try:
-                work = os.path.join(scratch, "work")
-                os.mkdir(work)
-                if self._unshare:
-                    os.mkdir(os.path.join(scratch, "root"))
-                if uid is not None:
+                work = os.path.join(scratch, "root" if self._unshare else "work")
+                os.mkdir(work)  # the private root's mount point, or the cwd without namespaces
+                if uid is not None and not self._unshare:
                     os.chown(work, uid, uid)
                 job_path = os.path.join(scratch, ".job")
                 with open(job_path, "wb") as f:
@@ -224,7 +231,7 @@ class Sandbox:
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
-                        cwd=work,
+                        cwd=scratch,
                         env=self._env(work),
                         start_new_session=True,  # one process group: a single kill reaches the whole tree
                     )
@@ -250,13 +257,12 @@ class Sandbox:
     def _job(self, source: str, data: list[bytes], scratch: str, uid: int | None) -> dict:
         cfg = self.config
         private_root = bool(self._unshare)
-        work = os.path.join(scratch, "work")
         return {
             "source": source,
             "inputs": data,
-            "work": work,
             "root": os.path.join(scratch, "root") if private_root else None,
-            "workdir": cfg.private_dirs[0] if private_root and cfg.private_dirs else work,
+            "workdir": cfg.private_dirs[0] if private_root else os.path.join(scratch, "work"),
+            "scratch_bytes": cfg.scratch_mb << 20,
             "expose": list(self._expose),
             "links": [list(link) for link in self._links],
             "private_dirs": list(cfg.private_dirs),
@@ -285,7 +291,7 @@ class Sandbox:
         ]
 
     def _env(self, work: str) -> dict[str, str]:
-        home = self.config.private_dirs[0] if self._unshare and self.config.private_dirs else work
+        home = self.config.private_dirs[0] if self._unshare else work
         return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
 
     def _kill_uid(self, uid: int) -> None:

@@ -92,8 +92,14 @@ def _enter_private_root(job: dict) -> None:
 
     root = job["root"]
     mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    # The scratch dir: a size-limited tmpfs (a program cannot fill the host's disk), seen at
+    # every private dir.
+    scratch = root + job["private_dirs"][0]
+    os.makedirs(scratch)
+    owner = "" if job["uid"] is None else f",uid={job['uid']},gid={job['uid']}"
+    mount("tmpfs", scratch, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={job['scratch_bytes']},mode=0700{owner}")
     binds = [(path, path, True) for path in job["expose"]]
-    binds += [(job["work"], path, False) for path in job["private_dirs"]]
+    binds += [(scratch, path, False) for path in job["private_dirs"][1:]]
     binds += [("/proc", "/proc", False)] + [(f"/dev/{name}", f"/dev/{name}", False) for name in _DEVICES]
     for source, target, read_only in binds:
         _bind(mount, source, root + target, read_only)

@@ -281,3 +281,23 @@ def test_without_root_each_sandbox_has_its_own_user_namespace_and_limit() -> Non
     assert {"private_root", "nproc_limit", "pid_namespace"} <= layers and "uid_drop" not in layers
     assert result["probe"] == "[]\n"
     assert result["outputs"][1:] == [["3\n", "7\n", "11\n"]] * 3, result["outputs"]
+
+
+@needs_namespaces
+def test_filling_the_scratch_dir_stops_at_its_size() -> None:
+    """Writes land in a size-limited tmpfs, not on the host's disk."""
+    sandbox = Sandbox(SandboxConfig(timeout_s=5.0, scratch_mb=8, max_file_mb=4))
+    program = (
+        "import os\nwritten = 0\n"
+        "for i in range(100):\n"
+        "    try:\n"
+        "        with open(f'/var/tmp/f{i}', 'wb') as f:\n"
+        "            f.write(bytes(1 << 20) * 4)\n"
+        "        written += 4\n"
+        "    except OSError as exc:\n"
+        "        print(written, exc.errno)\n"
+        "        break"
+    )
+    report = sandbox.run(program, [""])
+    written, errno = map(int, report.runs[0].stdout.split())
+    assert written <= 8 and errno == 28, report.runs[0]  # ENOSPC
