@@ -146,15 +146,15 @@ def load_checkpoint(path: str | Path, model, optimizer, fresh_rng: bool = False)
     if isinstance(verdict, CheckpointError):
         raise verdict
     state, rng_file = verdict
-    loaded = _agreed(_attempt(_load_states, path, model, optimizer))
-    if isinstance(loaded, CheckpointError):
-        raise loaded
-    if rng_file is None:  # this rank's own line: only it knows
+    rng = _agreed(_attempt(_load_states, path, model, optimizer, rng_file))
+    if isinstance(rng, CheckpointError):
+        raise rng
+    if rng is None:  # this rank's own line: only it knows
         print(f"WARNING: checkpoint {path} has no RNG state for rank {dist.get_rank()}: continuing with "
               "fresh RNG (--resume-fresh-rng); this run will not reproduce an uninterrupted one",
               file=sys.stderr, flush=True)
     else:
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(rng)
     return state
 
 
@@ -198,7 +198,8 @@ def _read_json(file: Path, checkpoint: Path):
         raise DamagedCheckpoint(f"checkpoint {checkpoint}: cannot read {file.name}: {err}") from err
 
 
-def _load_states(path: Path, model, optimizer) -> tuple:
+def _load_states(path: Path, model, optimizer, rng_file: Path | None) -> dict | None:
+    """Model and optimizer loaded in place; this rank's RNG state returned (set once all succeeded)."""
     from megatron.core import dist_checkpointing
 
     model_sd = model.sharded_state_dict()
@@ -207,10 +208,10 @@ def _load_states(path: Path, model, optimizer) -> tuple:
         state = dist_checkpointing.load(request, str(path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        return None if rng_file is None else torch.load(rng_file, weights_only=False)
     except Exception as err:  # noqa: BLE001 - whatever the loaders raise, name the checkpoint
-        raise DamagedCheckpoint(f"checkpoint {path}: loading the model/optimizer shards failed: "
-                                f"{type(err).__name__}: {err}") from err
-    return ()
+        raise DamagedCheckpoint(f"checkpoint {path}: loading its model/optimizer shards or "
+                                f"{rng_file.name if rng_file else 'state'} failed: {type(err).__name__}: {err}") from err
 
 
 def _agreed(result):
@@ -234,8 +235,6 @@ def resume_checkpoint(run_dir: str | Path, resume: str | ResumeRequest | None, m
     candidates = complete_checkpoints(run_dir) if auto else [Path(request.source)]
     if not candidates:
         return None  # "auto" before the first save
-    if not auto and not (candidates[0] / COMPLETE).is_file():
-        raise DamagedCheckpoint(f"{candidates[0]} is not a complete checkpoint (no {COMPLETE} marker)")
     damaged = []
     for path in candidates:
         try:
