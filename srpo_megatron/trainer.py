@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from srpo_megatron import platform
 from srpo_megatron.algorithms import compute_advantages
-from srpo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from srpo_megatron.checkpoint import ResumeRequest, resume_checkpoint, save_checkpoint
 from srpo_megatron.config import DataConfig, TrainConfig
 from srpo_megatron.convert.mcore_io import CheckpointInfo
 from srpo_megatron.data import StageScheduler, draw_informative, draw_once
@@ -52,7 +52,7 @@ Item = tuple[str, int]  # (domain, row index)
 class Trainer:
     """One rank's SRPO run: its policy shard, reference, rollout engine, scorer and stage schedule."""
 
-    def __init__(self, config: TrainConfig, resume: str | None = None, engine=None):
+    def __init__(self, config: TrainConfig, resume: str | ResumeRequest | None = None, engine=None):
         """`engine`: the rollout engine, by default vLLM's (`RolloutEngine`); the GPU tests pass
         recorded rollouts where vLLM's CUDA build is not installed."""
         from megatron.core import parallel_state as ps
@@ -85,11 +85,10 @@ class Trainer:
         self._resume(resume)
         self.logger = MetricsLogger(self.run_dir) if ctx.rank == 0 else None
 
-    def _resume(self, resume: str | None) -> None:
-        path = (latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)) if resume else None
-        if path is None:
-            return  # a fresh run: nothing saved yet
-        state = load_checkpoint(path, self.model.module, self.optimizer)
+    def _resume(self, resume: str | ResumeRequest | None) -> None:
+        state = resume_checkpoint(self.run_dir, resume, self.model.module, self.optimizer)
+        if state is None:
+            return  # a fresh run, or --resume auto before the first save
         self.step = state["step"]
         self.rollouts_total = state.get("rollouts_total", 0)  # older checkpoints: count from here
         self.scheduler.load_state_dict(state["scheduler"])

@@ -18,8 +18,6 @@ REQUIRED_METRICS = [
     "groups", "informative_groups", "rollouts", "rollouts_total", "pool_size", "reflection_rate",
     "logprob_diff", "logprob_diff_mean", "t_rollout", "t_sync", "t_train", "t_reward", "t_step", "tokens_per_s",
 ]
-COMPARED = ["stage", "reward_mean", "accuracy", "response_len_mean", "entropy", "pool_size", "loss", "logprob_diff",
-            "zero_adv_frac", "informative_groups", "rollouts_total", "revisited_frac", "accuracy/revisited"]
 PROMPTS, G = 4, 4  # prompts per step (both DP replicas together), rollouts per prompt
 
 
@@ -129,12 +127,13 @@ def test_kill_9_then_resume_reproduces_the_run(setup, full_run):
     resumed = _torchrun(config, run_dir, "--resume", "auto")
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-4000:]
-    reference = {m["step"]: m for m in _metrics(full_run)}
-    latest = {m["step"]: m for m in _metrics(run_dir)}  # resumed lines come after the killed ones
-    for step in (3, 4):
-        for key in COMPARED:
-            a, b = reference[step][key], latest[step][key]
-            assert a == b or abs(a - b) < 1e-4, (step, key, a, b)
+    reference, resumed = _metrics(full_run), _metrics(run_dir)
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # each step once: replayed step 3 not doubled
+    for ref, got in zip(reference, resumed):
+        assert ref.keys() == got.keys()
+        for key in ref.keys() - {k for k in ref if k.startswith("t_") or k == "tokens_per_s"}:
+            a, b = ref[key], got[key]
+            assert a == b or abs(a - b) < 1e-4, (ref["step"], key, a, b)
 
 
 def test_interrupted_checkpoint_is_never_loaded(tmp_path):
