@@ -1,6 +1,7 @@
 """Evaluation: AIME-style math avg@k and LiveCodeBench-style code pass@1 through vLLM.
 
-Modules: `scoring` (`score_responses`: grade given responses, no model), `sampling` (model directory,
-engine options, k samples per problem), `evaluate` (`EvalConfig`, `evaluate`), `__main__` (the CLI).
-Nothing is imported here: `scoring` pulls in torch through the reward registry, `evaluate` vLLM.
+Modules: `evaluate` (`EvalConfig`, `evaluate`), `__main__` (the CLI). What evaluation shares with
+difficulty grading in `preprocess` lives below both: `rollout/sampling.py` (model directory, engine
+options, k samples per problem) and `rewards/scoring.py` (`score_responses`: grade given
+responses, no model). Nothing is imported here: `evaluate` pulls in vLLM.
 """

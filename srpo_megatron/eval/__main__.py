@@ -11,7 +11,7 @@ import json
 import sys
 
 from srpo_megatron.eval.evaluate import EvalConfig, evaluate, write_result
-from srpo_megatron.eval.sampling import add_sampling_args, rollout_config_from_args
+from srpo_megatron.rollout.sampling import add_sampling_args, rollout_config_from_args
 from srpo_megatron.rewards.combine import RewardConfig
 
 

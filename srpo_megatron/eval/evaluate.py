@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from srpo_megatron.eval.sampling import DEFAULT_SUFFIXES, hf_model_dir, sample_responses
-from srpo_megatron.eval.scoring import score_responses
+from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, hf_model_dir, sample_responses
+from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.preprocess.dedup import make_ids_unique
 from srpo_megatron.preprocess.schemas import DOMAINS, read_problems
 from srpo_megatron.rewards.combine import RewardConfig, RewardScorer

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from srpo_megatron.eval.sampling import DEFAULT_SUFFIXES, add_sampling_args, rollout_config_from_args
+from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, add_sampling_args, rollout_config_from_args
 from srpo_megatron.preprocess.dedup import DecontaminationConfig
 from srpo_megatron.preprocess.difficulty import DifficultyConfig
 from srpo_megatron.preprocess.pipeline import PreprocessConfig, run_preprocess

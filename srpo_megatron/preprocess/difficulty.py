@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from srpo_megatron.eval.sampling import DEFAULT_SUFFIXES, sample_responses
-from srpo_megatron.eval.scoring import score_responses
+from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, sample_responses
+from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.preprocess.schemas import Problem, Reject
 from srpo_megatron.rollout.types import RolloutConfig
 

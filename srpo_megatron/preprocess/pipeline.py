@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srpo_megatron.eval.sampling import hf_model_dir
+from srpo_megatron.rollout.sampling import hf_model_dir
 from srpo_megatron.preprocess.dedup import DecontaminationConfig, Decontaminator, make_ids_unique, split_duplicates
 from srpo_megatron.preprocess.difficulty import DifficultyConfig, grade_difficulty
 from srpo_megatron.preprocess.report import (

@@ -11,8 +11,8 @@ import pytest
 
 from srpo_megatron.eval.__main__ import main
 from srpo_megatron.eval.evaluate import EvalConfig, load_eval_rows
-from srpo_megatron.eval.sampling import CHECKPOINT_MARKER, hf_model_dir
-from srpo_megatron.eval.scoring import score_responses
+from srpo_megatron.rollout.sampling import CHECKPOINT_MARKER, hf_model_dir
+from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.rewards.combine import RewardConfig, RewardScorer
 from tests.eval.oracle_model import make_oracle_model
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from srpo_megatron.eval.evaluate import load_eval_rows
-from srpo_megatron.eval.scoring import score_responses
+from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.preprocess.__main__ import main
 from srpo_megatron.preprocess.schemas import RowError, map_row
 from srpo_megatron.rewards.code import parse_tests
