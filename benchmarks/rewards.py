@@ -76,7 +76,8 @@ def bench_math(workers: int, repeats: int) -> dict:
 
 def bench_code(workers: int, repeats: int) -> dict:
     sandbox = Sandbox(SandboxConfig(timeout_s=2.0))
-    responses = [f"```python\n{CODE_PROGRAMS[i % 3]}\n```" for i in range(48)]
+    # Distinct sources: code_reward_batch runs identical programs once, which would time the cache.
+    responses = [f"```python\n# program {i}\n{CODE_PROGRAMS[i % 3]}\n```" for i in range(48)]
     rates = []
     for _ in range(repeats):
         start = time.monotonic()

@@ -537,14 +537,14 @@ def _run_tests(program: str, suite: CodeTests, sandbox: Sandbox, partial_credit:
 
 
 def _score(report: SandboxReport, failures: dict[int, str], suite: CodeTests, partial_credit: bool) -> RewardResult:
+    if report.infrastructure_failure:  # the sandbox failed, not the program: no reward either way
+        return RewardResult.unscored(f"sandbox failed: {report.detail[:_REASON_CHARS]}")
     if report.status == "compile_error":
         last_line = (report.detail.splitlines() or ["?"])[-1]
         return RewardResult(0.0, f"compile error: {last_line[:_REASON_CHARS]}")
     ran, n_tests = suite.tests_run(len(report.runs)), suite.n_tests
     if report.status == "timeout":
         failures.setdefault(ran, "timeout")
-    elif report.status == "crashed":
-        failures.setdefault(ran, f"sandbox crashed: {report.detail[:_REASON_CHARS]}")
     passed = ran - len([i for i in failures if i < ran])
     if passed == n_tests:
         return RewardResult(1.0, f"passed {n_tests}/{n_tests} tests")
