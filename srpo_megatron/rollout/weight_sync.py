@@ -3,9 +3,9 @@
 For each parameter, in model order: the owning pipeline stage gathers its TP shards into the full
 Megatron tensor (`tp_gather`: NCCL on GPU, shared memory within a CPU host), broadcasts it to the
 other stages, and every rank converts it to HF names and layout with `convert.layout` (the same
-rules the checkpoint converter uses). Tensors are packed into buckets of bounded size and handed
-to the engine bucket by bucket, so the extra memory a sync needs is one bucket (at least one
-transformer layer), never a second copy of the model.
+rules the checkpoint converter uses). Tensors are grouped into buckets of bounded size (whole
+layers) and streamed to the engine in one reload, so the extra memory a sync needs is about a
+bucket plus what vLLM buffers per module, never a second copy of the model.
 
 Every rank ends with the full weights because every rank runs its own in-process engine (on CPU:
 rollout data parallelism = world size; on GPU: vLLM's external_launcher, whose loaders slice them
@@ -105,14 +105,28 @@ def _buckets(weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int):
         yield bucket, size
 
 
+DEFAULT_BUCKET_BYTES = 32 * 1024**2
+"""Default bucket bound: far below any real model (a sync never holds a second copy of the
+weights) and not slower than one bucket per model (measured with benchmarks/weight_sync.py)."""
+
+
 def sync_weights(model, engine, shape: ModelShape, vocab_size_padded: int,
-                 bucket_bytes: int = 512 * 1024**2, gather: TensorParallelGather | None = None) -> SyncStats:
-    """Push the policy's current weights into `engine` (a RolloutEngine). Collective."""
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, gather: TensorParallelGather | None = None) -> SyncStats:
+    """Push the policy's current weights into `engine` (a RolloutEngine). Collective.
+
+    All buckets go through ONE `engine.load_weights` call, as a stream: each vLLM reload call
+    walks every module of the model (set-up and fallback for the modules it did not receive),
+    so one call per 32 MiB bucket (13 calls) cost 0.1-0.2 s more per sync than one stream on the
+    benchmark's 105M model. `bucket_bytes` bounds how much gathered weight exists before vLLM consumes it."""
     stats = SyncStats()
-    weights = iter_full_hf_weights(model, shape, vocab_size_padded, gather)
-    for bucket, size in _buckets(weights, bucket_bytes):
-        engine.load_weights(bucket)
-        stats.bytes_moved += size
-        stats.buckets += 1
-        stats.max_bucket_bytes = max(stats.max_bucket_bytes, size)
+
+    def stream() -> Iterator[tuple[str, torch.Tensor]]:
+        for bucket, size in _buckets(iter_full_hf_weights(model, shape, vocab_size_padded, gather), bucket_bytes):
+            stats.bytes_moved += size
+            stats.buckets += 1
+            stats.max_bucket_bytes = max(stats.max_bucket_bytes, size)
+            yield from bucket
+            del bucket  # else it stays referenced while the generator gathers the next one
+
+    engine.load_weights(stream())
     return stats
