@@ -108,7 +108,11 @@ class TrainingConfig:
     updates_per_step: int = 1
     """Mini-batches (optimizer updates) per step over the step's rollouts."""
     micro_batch_size: int = 4
-    """Sequences per forward/backward micro-batch."""
+    """Sequences per forward/backward micro-batch (when `max_tokens_per_micro_batch` is 0)."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of a micro-batch: rows are sorted by length and grouped so that rows x
+    longest row stays within it (a row longer than the budget goes alone); 0 groups
+    `micro_batch_size` consecutive rows. Either way a micro-batch is cut to its own longest row."""
     seed: int = 1234
     sampler: str = "history_resampling"
     """How prompts are drawn: `history_resampling` (SRPO: at each epoch boundary drop the prompts
@@ -133,6 +137,9 @@ class TrainingConfig:
         for name in ("steps", "updates_per_step", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.max_tokens_per_micro_batch < 0:
+            raise ValueError(f"training.max_tokens_per_micro_batch must be >= 0 "
+                             f"(got {self.max_tokens_per_micro_batch}); 0 groups micro_batch_size rows")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"training.sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
 

@@ -48,6 +48,7 @@ def build_policy(shape: ModelShape, model_cfg: ModelConfig, optim_cfg: Optimizer
     module.config.finalize_model_grads_func = finalize_model_grads
     module.config.no_sync_func = model.no_sync
     module.config.grad_scale_func = optimizer.scale_loss
+    _allow_micro_batch_shapes(module)
     return model, optimizer
 
 
@@ -56,7 +57,15 @@ def build_reference(shape: ModelShape, model_cfg: ModelConfig, vocab_padded: int
     reference = build_model(shape, model_cfg.tensor_parallel, model_cfg.pipeline_parallel, model_cfg.dtype,
                             trainable=False, vocab_size_padded=vocab_padded, initialize=False)
     load_hf_weights(reference, model_cfg.hf_path, shape, vocab_padded)
+    _allow_micro_batch_shapes(reference)
     return reference
+
+
+def _allow_micro_batch_shapes(module) -> None:
+    """Micro-batches are cut to their own longest row (`RolloutBatch.plan`), so their shapes
+    differ: megatron's pipeline p2p then sends each activation's shape before it (3 ints per
+    send) instead of assuming the one `seq_length` of the call."""
+    module.config.variable_seq_lengths = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class UpdateSettings:
     vocab_size: int
     temperature: float
     loss: PolicyLossConfig
+    max_tokens_per_micro_batch: int = 0
+    """Token budget per micro-batch (`RolloutBatch.plan`); 0: micro_batch_size rows each."""
 
     @classmethod
     def for_step(cls, config: TrainConfig, step: int, vocab_size: int) -> UpdateSettings:
@@ -76,19 +87,30 @@ class UpdateSettings:
         warmup = config.optimizer.warmup_steps
         lr = config.optimizer.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return cls(config.training.updates_per_step, config.training.micro_batch_size, lr, vocab_size,
-                   config.rollout.temperature or 1.0, config.loss)
+                   config.rollout.temperature or 1.0, config.loss, config.training.max_tokens_per_micro_batch)
 
 
-def update_policy(model, optimizer, batch: RolloutBatch, settings: UpdateSettings) -> dict:
+def update_policy(model, optimizer, batch: RolloutBatch,
+                  settings: UpdateSettings) -> tuple[dict, torch.Tensor | None]:
     """One optimizer update per mini-batch of `batch` (its rows divisible by updates_per_step x
-    micro_batch_size); returns the loss metrics (last pipeline stage) and the gradient norm."""
+    micro_batch_size). Returns (the loss metrics (last pipeline stage), the gradient norm and
+    `pad_frac`; the update's own log-probs [N, T] when the batch has no old log-probs, else None).
+
+    Without old log-probs the update is exactly on-policy (one update per step): the old
+    log-probs are its own forward's, detached, which saves the separate log-prob pass."""
     from megatron.core import parallel_state as ps
 
+    on_policy = batch.old_logprobs is None
+    if on_policy and settings.updates_per_step > 1 and ps.is_pipeline_last_stage():
+        raise ValueError(f"update_policy: updates_per_step={settings.updates_per_step} needs the batch's "
+                         "old_logprobs (after the first update the policy is no longer the rollout policy)")
     per_update = batch.num_rows // settings.updates_per_step
-    collected, grad_norm = [], 0.0
+    collected, grad_norm, plans = [], 0.0, []
     for update_index in range(settings.updates_per_step):
         rows = range(update_index * per_update, (update_index + 1) * per_update)
-        micro = batch.micro_batches(rows, settings.micro_batch_size, UPDATE_FIELDS)
+        plan = batch.plan(rows, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
+        plans += plan
+        micro = batch.gather(plan, UPDATE_FIELDS)
         # counted on the host (the batch lives there), reduced on the device (NCCL needs CUDA tensors)
         counts = local_loss_counts(batch.mask[rows.start: rows.stop]).to(platform.device())
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
@@ -102,7 +124,10 @@ def update_policy(model, optimizer, batch: RolloutBatch, settings: UpdateSetting
         optimizer.zero_grad()
         collected += run_pipeline(model, micro, loss_fn, forward_only=False)
         _, grad_norm, _ = optimizer.step()
-    return _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0)}
+    own = [m.pop("logprobs") for m in collected if "logprobs" in m]
+    padding, positions = batch.padding(plans)
+    metrics = _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0), "pad_frac": padding / positions}
+    return metrics, (batch.scatter(plans, own) if own else None)
 
 
 def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: float):
@@ -110,14 +135,17 @@ def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: f
 
     def loss_fn(micro: dict, output: torch.Tensor):
         logp = token_logprobs(output, micro["tokens"], settings.vocab_size, settings.temperature)  # [b, T]
-        loss, metrics = policy_loss(logp, micro["old_logprobs"], micro["advantages"], micro["mask"],
-                                    settings.loss, logp_ref=micro.get("ref_logprobs"),
+        old = micro.get("old_logprobs")
+        loss, metrics = policy_loss(logp, logp.detach() if old is None else old, micro["advantages"],
+                                    micro["mask"], settings.loss, logp_ref=micro.get("ref_logprobs"),
                                     global_num_tokens=global_tokens, global_num_sequences=global_sequences)
         with torch.no_grad():
             logits = mask_padded_vocab(output[:, :-1].float(), settings.vocab_size)  # [b, T-1, V/tp]
             entropy = vocab_parallel_entropy(logits, settings.temperature)  # [b, T-1]
             mask = micro["mask"][:, 1:]
             metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        if old is None:  # the on-policy update's old log-probs, for the step's metrics
+            metrics["logprobs"] = logp.detach()  # to the host in scatter, after the pass
         return loss * scale, metrics
 
     return loss_fn

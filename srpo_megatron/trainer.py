@@ -1,7 +1,9 @@
 """The SRPO trainer: the loop of DESIGN.md section 2, one named, timed phase after another.
 
     draw: rollout -> reward -> record_history   (DAPO dynamic sampling may draw again)
-    advantages -> old_logprobs [-> ref_logprobs] -> update -> sync -> metrics -> checkpoint
+    advantages [-> old_logprobs] [-> ref_logprobs] -> update -> sync -> metrics -> checkpoint
+
+(`old_logprobs` only when the update is not exactly on-policy: see `Trainer.on_policy`.)
 
 Each phase is one call timed under its metric's name: `t_rollout`, `t_reward`, `t_record_history`,
 `t_advantages`, `t_old_logprobs`, `t_ref_logprobs`, `t_update`, `t_sync`; `t_train` is the
@@ -69,6 +71,9 @@ class Trainer:
         self.model, self.optimizer = build_policy(self.shape, model_cfg, config.optimizer, self.vocab_padded)
         wants_reference = config.loss.kl_coef > 0 or train_cfg.reference_model
         self.reference = build_reference(self.shape, model_cfg, self.vocab_padded) if wants_reference else None
+        # One update per step from the rollout weights: the update's own forward gives the old
+        # log-probs, so the separate `old_logprobs` pass is skipped (kept beside a reference model).
+        self.on_policy = train_cfg.updates_per_step == 1 and self.reference is None
         self.engine = engine or RolloutEngine(model_cfg.hf_path, config.rollout)
         self.gather = tensor_parallel_gather()  # kept for every sync (on CPU it joins shared memory)
         self.scorer = RewardScorer(config.reward)
@@ -121,11 +126,14 @@ class Trainer:
         with timer("t_step"):
             samples, generated = self.sampling(partial(self.draw, timer))  # rollout, reward, record_history
             batch = timer.run("t_advantages", self.advantages, samples)
-            batch = timer.run("t_old_logprobs", self.old_logprobs, batch)
+            if not self.on_policy:
+                batch = timer.run("t_old_logprobs", self.old_logprobs, batch)
             if self.reference is not None:
                 batch = timer.run("t_ref_logprobs", self.ref_logprobs, batch)
             settings = UpdateSettings.for_step(self.config, self.step, self.shape.vocab_size)
-            loss_metrics = timer.run("t_update", update_policy, self.model, self.optimizer, batch, settings)
+            loss_metrics, own = timer.run("t_update", update_policy, self.model, self.optimizer, batch, settings)
+            if self.on_policy:  # the update's forward log-probs are the old ones: for logprob_diff
+                batch = dataclasses.replace(batch, old_logprobs=own)
             timer.run("t_sync", self.sync)
         self.step += 1
         metrics = {"step": self.step, "stage": stage,
@@ -189,9 +197,11 @@ class Trainer:
 
     def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor | None:
         """[N, T] on the host, on the last pipeline stage; None on the others."""
-        micro = batch.micro_batches(range(batch.num_rows), self.config.training.micro_batch_size, ("tokens",))
-        parts = compute_logprobs(model, micro, self.shape.vocab_size, self.config.rollout.temperature or 1.0)
-        return torch.cat(parts) if parts else None
+        training = self.config.training
+        plan = batch.plan(range(batch.num_rows), training.micro_batch_size, training.max_tokens_per_micro_batch)
+        parts = compute_logprobs(model, batch.gather(plan, ("tokens",)), self.shape.vocab_size,
+                                 self.config.rollout.temperature or 1.0)
+        return batch.scatter(plan, parts) if parts else None
 
     def sync(self) -> None:
         """The new policy -> the rollout engine. Only the weights wake up for it: the KV cache

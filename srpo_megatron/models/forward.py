@@ -21,11 +21,15 @@ LossFn = Callable[[dict, torch.Tensor], tuple[torch.Tensor, dict]]
 def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only: bool) -> list[dict]:
     """Forward (and backward unless forward_only) over micro-batches; returns loss_fn's metrics.
 
-    Every micro-batch holds "tokens" [b, T] (the same b and T for all, as pipeline p2p needs) and
-    whatever loss_fn reads. Batches may live in host memory: each micro-batch moves to the
-    device when its forward runs. The returned list is non-empty only on the last pipeline stage.
+    Every micro-batch holds "tokens" [b, T] and whatever loss_fn reads. Shapes may differ between
+    micro-batches when the model's config has `variable_seq_lengths` (pipeline p2p then sends
+    shapes first; `policy.build_policy` sets it), else under PP they must all be equal. Batches
+    may live in host memory: each micro-batch moves to the device when its forward runs. The
+    returned list is non-empty only on the last pipeline stage.
     """
+    from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import get_model_config
 
     device = platform.device()
 
@@ -36,7 +40,12 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
         output = step_model(tokens, positions, None)  # causal mask is built inside attention
         return output, partial(_call_loss, loss_fn, batch)
 
-    micro_batch_size, seq_length = micro_batches[0]["tokens"].shape
+    shapes = {tuple(m["tokens"].shape) for m in micro_batches}
+    micro_batch_size, seq_length = max(b for b, _ in shapes), max(t for _, t in shapes)
+    if len(shapes) > 1 and ps.get_pipeline_model_parallel_world_size() > 1 \
+            and not get_model_config(model).variable_seq_lengths:
+        raise ValueError(f"run_pipeline: micro-batch shapes {sorted(shapes)} differ under pipeline parallelism; "
+                         "set the model config's variable_seq_lengths=True (policy.build_policy does)")
     context = torch.no_grad() if forward_only else contextlib.nullcontext()
     with context:
         return get_forward_backward_func()(

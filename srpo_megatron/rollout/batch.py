@@ -105,11 +105,60 @@ class RolloutBatch:
         advantages[: self.num_samples] = sample_advantages
         return dataclasses.replace(self, advantages=advantages)
 
-    def micro_batches(self, rows: range, size: int, fields: Sequence[str]) -> list[dict[str, torch.Tensor]]:
-        """`rows` cut into micro-batches of `size`: dicts of the named fields that are set."""
+    def row_lengths(self) -> torch.Tensor:
+        """[N] long: the columns each row needs, through its last response token (attention is
+        causal, so the padding after it cannot change an earlier log-prob); 1 for empty rows."""
+        last = self.tokens.shape[1] - self.mask.flip(1).to(torch.int8).argmax(dim=1)  # [N]
+        return torch.where(self.mask.any(dim=1), last, torch.ones_like(last))
+
+    def plan(self, rows: range, size: int, max_tokens: int = 0) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of `rows`: `size` consecutive rows (max_tokens 0), or,
+        under a token budget, rows sorted longest first and grouped while rows x longest row
+        fits (a row over the budget goes alone). Grouping cannot change the loss: it is summed
+        per token and divided by the update's global count (`policy_loss`)."""
+        if not max_tokens:
+            return [torch.arange(start, min(start + size, rows.stop)) for start in range(rows.start, rows.stop, size)]
+        lengths = self.row_lengths()[rows.start: rows.stop]  # [n]
+        order = torch.argsort(lengths, descending=True, stable=True)
+        groups, start = [], 0
+        while start < len(order):
+            fits = max(1, max_tokens // int(lengths[order[start]]))  # rows at the group's longest length
+            groups.append(order[start: start + fits] + rows.start)
+            start += fits
+        return groups
+
+    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        """The named fields that are set, per micro-batch of `plan`, [b, T] ones cut to the
+        micro-batch's longest row: no compute on padding beyond it."""
         present = [name for name in fields if getattr(self, name) is not None]
-        return [{name: getattr(self, name)[start: start + size] for name in present}
-                for start in range(rows.start, rows.stop, size)]
+        lengths = self.row_lengths()
+        micro = []
+        for rows in plan:
+            width = int(lengths[rows].max())
+            picked = {name: getattr(self, name)[rows] for name in present}
+            micro.append({name: t[:, :width] if t.dim() == 2 else t for name, t in picked.items()})
+        return micro
+
+    def micro_batches(self, rows: range, size: int, fields: Sequence[str],
+                      max_tokens: int = 0) -> list[dict[str, torch.Tensor]]:
+        """`gather` over `plan(rows, size, max_tokens)`."""
+        return self.gather(self.plan(rows, size, max_tokens), fields)
+
+    def scatter(self, plan: Sequence[torch.Tensor], parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-micro-batch [b, t] results of `gather(plan, ...)` back into one [N, T] tensor, 0
+        on the columns and rows the plan did not feed."""
+        out = torch.zeros(self.tokens.shape, dtype=parts[0].dtype)
+        for rows, part in zip(plan, parts):
+            out[rows, : part.shape[1]] = part.to(out.device)
+        return out
+
+    def padding(self, plan: Sequence[torch.Tensor]) -> tuple[int, int]:
+        """(padding positions, all positions) that `gather(plan, ...)` feeds the model; the real
+        ones are the rows' needed columns (`row_lengths`, 0 for rows without a response)."""
+        lengths = self.row_lengths()  # [N]
+        needed = torch.where(self.mask.any(dim=1), lengths, 0)  # [N]
+        fed = sum(len(rows) * int(lengths[rows].max()) for rows in plan)
+        return fed - sum(int(needed[rows].sum()) for rows in plan), fed
 
     def zero_groups(self) -> tuple[bool, ...]:
         """Per prompt group: every advantage is zero (no reward variance, only truncated outliers,

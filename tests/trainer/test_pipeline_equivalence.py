@@ -32,12 +32,13 @@ def update_rank(hf_dir: str, pipeline_parallel: int, out_file: str) -> None:
     no = torch.zeros(8, dtype=torch.bool)  # no sample truncated or unscored
     batch = RolloutBatch(tokens, mask, torch.zeros(8, 20), torch.zeros(8), no, no, group_size=4,
                          advantages=torch.randn(8, generator=gen))
-    old = compute_logprobs(model.module, batch.micro_batches(range(8), 4, ("tokens",)), shape.vocab_size)
+    plan = batch.plan(range(8), 4)
+    old = compute_logprobs(model.module, batch.gather(plan, ("tokens",)), shape.vocab_size)
     if old:  # ratios != 1 so clipping paths run
-        batch = dataclasses.replace(batch, old_logprobs=torch.cat(old) - 0.05 * mask)
+        batch = dataclasses.replace(batch, old_logprobs=batch.scatter(plan, old) - 0.05 * mask)
     settings = UpdateSettings(updates_per_step=1, micro_batch_size=4, lr=1e-3, vocab_size=shape.vocab_size,
                               temperature=1.0, loss=PolicyLossConfig())
-    metrics = update_policy(model, optimizer, batch, settings)
+    metrics, _ = update_policy(model, optimizer, batch, settings)
     with torch.no_grad():  # stream the gradients through the weight-sync path: HF names, all stages
         for param in model.module.parameters():
             param.copy_(param.main_grad)
