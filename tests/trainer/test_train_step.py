@@ -58,7 +58,7 @@ class RecordedEngine:
         pass
 
 
-def _config(hf_dir: str, data_dir: str, run_dir: str, tp: int):
+def _config(hf_dir: str, data_dir: str, run_dir: str, tp: int, reference_model: bool = True):
     from srpo_megatron.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, TrainingConfig
     from srpo_megatron.data import StageConfig
     from srpo_megatron.rollout import RolloutConfig
@@ -69,7 +69,7 @@ def _config(hf_dir: str, data_dir: str, run_dir: str, tp: int):
         stages=[StageConfig("math", {"math": 1.0}, steps=10)],
         rollout=RolloutConfig(n_samples_per_prompt=G, max_response_tokens=12, max_model_len=256),
         optimizer=OptimizerConfig(lr=1e-3),
-        training=TrainingConfig(run_dir=run_dir, steps=2, micro_batch_size=4, reference_model=True))
+        training=TrainingConfig(run_dir=run_dir, steps=2, micro_batch_size=4, reference_model=reference_model))
 
 
 def step_rank(hf_dir: str, data_dir: str, run_dir: str, tp: int, out_file: str) -> None:
@@ -112,6 +112,17 @@ def step_rank(hf_dir: str, data_dir: str, run_dir: str, tp: int, out_file: str) 
     resumed.close()
     if torch.distributed.get_rank() == 0:
         Path(out_file).write_text(json.dumps(result))
+
+
+def on_policy_rank(hf_dir: str, data_dir: str, run_dir: str, out_file: str) -> None:
+    from srpo_megatron.trainer import Trainer
+
+    trainer = Trainer(_config(hf_dir, data_dir, run_dir, tp=1, reference_model=False), engine=RecordedEngine(hf_dir))
+    forwards = []
+    trainer.model.module.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape))
+    metrics = trainer.train_step()
+    trainer.close()
+    Path(out_file).write_text(json.dumps({"metrics": metrics, "forwards": len(forwards)}))
 
 
 def _write_data(root: Path) -> None:
@@ -159,6 +170,23 @@ def _hf_names(hf_dir) -> set[str]:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA variants below cover this machine")
 def test_train_step_on_cpu(tiny_qwen, tmp_path):
     _check(_run(tiny_qwen, tmp_path, tp=1), _hf_names(tiny_qwen))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU run of the trainer")
+def test_on_policy_step_skips_the_old_logprob_pass(tiny_qwen, tmp_path):
+    """One update, no reference model: the update's forward is the only one, and the
+    vLLM-vs-Megatron log-prob difference still comes from it."""
+    _write_data(tmp_path)
+    out = tmp_path / "result.json"
+    platform.spawn(on_policy_rank, 1, str(tiny_qwen), str(tmp_path), str(tmp_path / "run"), str(out))
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
+    assert result["forwards"] == PROMPTS * G // 4  # the update's micro-batches, nothing else
+    assert "t_old_logprobs" not in metrics and "t_ref_logprobs" not in metrics
+    # RecordedEngine reports log-prob 0 for every token: the difference is -(Megatron's log-prob)
+    assert metrics["logprob_diff"] > 0 and metrics["logprob_diff_mean"] > 0
+    assert metrics["clip_frac"] == 0.0 and metrics["ratio_mean"] == pytest.approx(1.0)
+    assert 0.0 <= metrics["pad_frac"] < 1.0 and metrics["grad_norm"] > 0
 
 
 @pytest.mark.gpu
