@@ -33,7 +33,7 @@ from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
 from srpo_megatron.models.hf_config import ModelShape
 from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
-from srpo_megatron.rollout.weight_sync import hf_weight_shapes, iter_full_hf_weights
+from srpo_megatron.rollout.weight_sync import DEFAULT_BUCKET_BYTES, hf_weight_shapes, iter_full_hf_weights
 
 Backend = Literal["ipc", "nccl"]
 
@@ -66,7 +66,7 @@ def connect_transfer_engine(
     vocab_size_padded: int,
     client: VLLMWeightSyncClient,
     backend: Backend,
-    bucket_bytes: int = 512 * 1024**2,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     master_address: str | None = None,
     master_port: int | None = None,
     world_size: int | None = None,
