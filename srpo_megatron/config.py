@@ -17,6 +17,7 @@ from srpo_megatron.algorithms.advantages import AdvantageConfig
 from srpo_megatron.algorithms.policy_loss import PolicyLossConfig
 from srpo_megatron.data.stages import StageConfig
 from srpo_megatron.rewards.combine import RewardConfig
+from srpo_megatron.rollout.sampling import DEFAULT_INSTRUCTIONS
 from srpo_megatron.rollout.types import RolloutConfig
 from srpo_megatron.structured import build
 
@@ -61,10 +62,10 @@ class DataConfig:
     """Held-out math files, scored during training (see training.eval_every)."""
     eval_code: list[str] = field(default_factory=list)
     """Held-out code files, scored during training."""
-    math_instruction: str = "\nPut your final answer within \\boxed{}."
-    """Appended to every math problem before the chat template."""
-    code_instruction: str = "\nWrite the solution in a single ```python code block."
-    """Appended to every code problem before the chat template."""
+    math_instruction: str = DEFAULT_INSTRUCTIONS["math"]
+    """Appended to every math problem before the chat template (evaluation's default too)."""
+    code_instruction: str = DEFAULT_INSTRUCTIONS["code"]
+    """Appended to every code problem before the chat template (evaluation's default too)."""
 
     def __post_init__(self) -> None:
         if not self.math and not self.code:

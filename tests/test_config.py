@@ -80,3 +80,13 @@ def test_every_section_is_frozen(model_dir):
             first = dataclasses.fields(item)[0].name
             with pytest.raises(dataclasses.FrozenInstanceError):
                 setattr(item, first, getattr(item, first))
+
+
+def test_training_and_evaluation_share_one_default_instruction(model_dir):
+    """Train and evaluate with the same instruction unless a config says otherwise."""
+    from srpo_megatron.eval.evaluate import EvalConfig
+    from srpo_megatron.rollout.sampling import DEFAULT_INSTRUCTIONS
+
+    config = load_config("examples/qwen2.5-7b/train.yaml", [f"model.hf_path={model_dir}"])
+    assert config.data.math_instruction == EvalConfig(model="m", data="d", domain="math").suffix == DEFAULT_INSTRUCTIONS["math"]
+    assert config.data.code_instruction == EvalConfig(model="m", data="d", domain="code").suffix == DEFAULT_INSTRUCTIONS["code"]

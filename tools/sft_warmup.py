@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rope-theta", dest="rope_theta", type=float, default=10_000.0,
                    help="RoPE base; with it (not make_tiny_model's 1e6) copying names was learned sooner")
     p.add_argument("--instruction-suffix", dest="instruction_suffix", default="",
-                   help="appended to every prompt; must equal the rollout config's instruction_suffix")
+                   help="appended to every prompt; must equal the run config's data.<domain>_instruction")
     p.add_argument("--eval-rows", dest="eval_rows", type=int, default=100,
                    help="train rows per domain to measure accuracy on (0: skip measuring)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

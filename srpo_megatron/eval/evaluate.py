@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, hf_model_dir, sample_responses
+from srpo_megatron.rollout.sampling import DEFAULT_INSTRUCTIONS, hf_model_dir, sample_responses
 from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.preprocess.dedup import make_ids_unique
 from srpo_megatron.preprocess.schemas import DOMAINS, read_problems
@@ -41,7 +41,7 @@ class EvalConfig:
     rollout: RolloutConfig = field(default_factory=_eval_rollout)
     """vLLM sampling and sizing (temperature 0.6, top-p 0.95 by default, the usual avg@k setting)."""
     instruction_suffix: str | None = None
-    """Appended to every prompt; None takes `DEFAULT_SUFFIXES[domain]`."""
+    """Appended to every prompt; None takes `DEFAULT_INSTRUCTIONS[domain]`."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Grading: answer extraction, math timeout, sandbox limits (only the accuracy term is used)."""
     batch_size: int = 64
@@ -59,7 +59,7 @@ class EvalConfig:
 
     @property
     def suffix(self) -> str:
-        return DEFAULT_SUFFIXES[self.domain] if self.instruction_suffix is None else self.instruction_suffix
+        return DEFAULT_INSTRUCTIONS[self.domain] if self.instruction_suffix is None else self.instruction_suffix
 
 
 def load_eval_rows(spec: str, domain: str, cache_dir: str | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, add_sampling_args, rollout_config_from_args
+from srpo_megatron.rollout.sampling import DEFAULT_INSTRUCTIONS, add_sampling_args, rollout_config_from_args
 from srpo_megatron.preprocess.dedup import DecontaminationConfig
 from srpo_megatron.preprocess.difficulty import DifficultyConfig
 from srpo_megatron.preprocess.pipeline import PreprocessConfig, run_preprocess
@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--too-easy-at", type=float, default=1.0,
                    help="drop problems with pass rate >= this (default 1.0: always solved)")
     g.add_argument("--keep-too-easy", action="store_true", help="grade but drop nothing as too easy")
-    g.add_argument("--math-suffix", default=DEFAULT_SUFFIXES["math"], help="instruction appended to math prompts")
-    g.add_argument("--code-suffix", default=DEFAULT_SUFFIXES["code"], help="instruction appended to code prompts")
+    g.add_argument("--math-suffix", default=DEFAULT_INSTRUCTIONS["math"], help="instruction appended to math prompts")
+    g.add_argument("--code-suffix", default=DEFAULT_INSTRUCTIONS["code"], help="instruction appended to code prompts")
     add_sampling_args(p, temperature=1.0, top_p=1.0, max_tokens=4096)
     return p
 

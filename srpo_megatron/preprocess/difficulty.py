@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from srpo_megatron.rollout.sampling import DEFAULT_SUFFIXES, sample_responses
+from srpo_megatron.rollout.sampling import DEFAULT_INSTRUCTIONS, sample_responses
 from srpo_megatron.rewards.scoring import score_responses
 from srpo_megatron.preprocess.schemas import Problem, Reject
 from srpo_megatron.rollout.types import RolloutConfig
@@ -36,7 +36,7 @@ class DifficultyConfig:
     """K: responses sampled per problem; the pass rate is correct / K."""
     rollout: RolloutConfig = field(default_factory=_grading_rollout)
     """vLLM sampling and sizing; the default samples like SRPO training (temperature 1, no top-p)."""
-    suffixes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SUFFIXES))
+    suffixes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
     """Instruction appended to each prompt, per domain (`math`, `code`)."""
     hard_max: float = 0.25
     """Pass rates in (0, hard_max] are `hard`."""

@@ -198,7 +198,7 @@ class RolloutEngine:
     def _engine_prompt(self, prompt: Prompt) -> dict[str, Any]:
         if not isinstance(prompt, str):
             return {"prompt_token_ids": [int(t) for t in prompt]}
-        text = prompt + self.config.instruction_suffix
+        text = prompt  # callers add their instruction (data.<domain>_instruction, DEFAULT_INSTRUCTIONS)
         if not self.config.apply_chat_template:
             return {"prompt": text}
         rendered = self._tokenizer.apply_chat_template(

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from tqdm import tqdm
@@ -18,11 +19,13 @@ from srpo_megatron.rollout.types import Rollout, RolloutConfig
 if TYPE_CHECKING:
     from srpo_megatron.rollout.engine import RolloutEngine
 
-DEFAULT_SUFFIXES = {
+DEFAULT_INSTRUCTIONS = MappingProxyType({
     "math": "\nPlease reason step by step, and put your final answer within \\boxed{}.",
     "code": "\nWrite a complete Python 3 solution and put it in a single ```python code block.",
-}
-"""Appended to each problem before the chat template: where the rewards look for the answer."""
+})
+"""Appended to each problem before the chat template, the one default for training
+(`data.<domain>_instruction`), evaluation and difficulty grading: it says where the rewards look
+for the answer."""
 
 CHECKPOINT_MARKER = "srpo_model.json"  # what `convert.mcore_io` writes into a Megatron checkpoint
 

@@ -58,8 +58,6 @@ class RolloutConfig:
     """Skip CUDA graphs / torch.compile: slower decoding, much faster start (tests, CPU)."""
     apply_chat_template: bool = True
     """Wrap each text prompt as one user message with the tokenizer's chat template."""
-    instruction_suffix: str = ""
-    """Appended to every text prompt before templating (e.g. "Put the final answer in \\boxed{}.")."""
     enable_sleep_mode: bool = True
     """GPU only: let `sleep()` release weights and KV cache while Megatron trains."""
     logprobs_mode: LogprobsMode = "processed_logprobs"

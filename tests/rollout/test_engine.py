@@ -21,8 +21,9 @@ from srpo_megatron.rollout import Rollout, RolloutConfig, RolloutEngine
 from srpo_megatron.rollout.engine import _engine_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["What is 3 + 7?", "Solve the problem.", "Write a Python function that returns the sum."]
 SUFFIX = " Put the answer in \\boxed{}."
+PROMPTS = [p + SUFFIX for p in ("What is 3 + 7?", "Solve the problem.", "Write a Python function that returns the sum.")]
+"""As the trainer passes them: the instruction is already part of the text."""
 G = 4
 MAX_TOKENS = 8
 # Digits are frequent in the tiny tokenizer's vocabulary: a near-uniform random model emits "5"
@@ -45,7 +46,6 @@ def config() -> RolloutConfig:
         enforce_eager=True,
         cpu_kvcache_space_gib=0.25,
         apply_chat_template=True,
-        instruction_suffix=SUFFIX,
     )
 
 
@@ -148,13 +148,13 @@ def test_n_overrides_group_size(engine: RolloutEngine) -> None:
         engine.generate(PROMPTS[:1], n=0)
 
 
-def test_chat_template_and_suffix_applied(engine: RolloutEngine, rollouts: list[Rollout]) -> None:
+def test_chat_template_applied_to_the_text_as_given(engine: RolloutEngine, rollouts: list[Rollout]) -> None:
     tok = engine.tokenizer
     for i, prompt in enumerate(PROMPTS):
         rendered = tok.apply_chat_template(
-            [{"role": "user", "content": prompt + SUFFIX}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        assert rendered == f"<|im_start|>user\n{prompt}{SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+        assert rendered == f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
         assert rollouts[i * G].prompt_token_ids == tok.encode(rendered, add_special_tokens=False)
 
 
