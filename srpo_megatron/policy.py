@@ -22,7 +22,7 @@ from srpo_megatron.models.forward import run_pipeline, token_logprobs
 from srpo_megatron.models.hf_config import ModelShape
 from srpo_megatron.rollout.batch import RolloutBatch
 
-UPDATE_FIELDS = ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs")
+UPDATE_FIELDS = ("tokens", "mask", "advantages", "old_logprobs", "ref_logprobs", "rollout_logprobs")
 """The `RolloutBatch` fields the loss reads (the log-probs only on the last pipeline stage)."""
 
 
@@ -138,7 +138,8 @@ def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: f
         old = micro.get("old_logprobs")
         loss, metrics = policy_loss(logp, logp.detach() if old is None else old, micro["advantages"],
                                     micro["mask"], settings.loss, logp_ref=micro.get("ref_logprobs"),
-                                    global_num_tokens=global_tokens, global_num_sequences=global_sequences)
+                                    logp_rollout=micro["rollout_logprobs"], global_num_tokens=global_tokens,
+                                    global_num_sequences=global_sequences)
         with torch.no_grad():
             logits = mask_padded_vocab(output[:, :-1].float(), settings.vocab_size)  # [b, T-1, V/tp]
             entropy = vocab_parallel_entropy(logits, settings.temperature)  # [b, T-1]

@@ -12,6 +12,7 @@ from srpo_megatron.algorithms.advantages import (
 )
 from srpo_megatron.algorithms.policy_loss import (
     POLICY_LOSSES,
+    ROLLOUT_CORRECTIONS,
     PolicyLossConfig,
     local_loss_counts,
     policy_loss,
@@ -22,6 +23,7 @@ from srpo_megatron.algorithms.registry import Registry
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "POLICY_LOSSES",
+    "ROLLOUT_CORRECTIONS",
     "AdvantageConfig",
     "AdvantageOutput",
     "PolicyLossConfig",

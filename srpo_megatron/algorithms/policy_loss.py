@@ -56,10 +56,20 @@ class PolicyLossConfig:
     """"token_mean": sum over valid tokens / global token count (SRPO, DAPO).
     "sequence_mean": per-sequence token mean, then sum / global sequence count (GRPO paper)."""
 
+    rollout_correction: str = "none"
+    """Correction for the rollout engine's policy differing from the trainer's (bf16 kernels):
+    "none"; "tis": each token's PG loss times min(pi_old / pi_rollout, cap) (truncated importance
+    sampling); "mis": sequences whose ratio prod_t pi_old / pi_rollout leaves [1/cap, cap] are
+    masked out of the PG loss (they still count in the normaliser)."""
+
+    rollout_correction_cap: float = 2.0
+    """C of `rollout_correction` (> 1): the tis truncation, the mis band [1/C, C]."""
+
     def __post_init__(self) -> None:
         self._check_loss_mode()
         self._check_clip()
         self._check_kl_and_aggregation()
+        self._check_rollout_correction()
 
     def _check_loss_mode(self) -> None:
         if self.loss_mode not in POLICY_LOSSES:
@@ -96,6 +106,19 @@ class PolicyLossConfig:
             )
 
 
+    def _check_rollout_correction(self) -> None:
+        if self.rollout_correction not in ROLLOUT_CORRECTIONS:
+            raise ValueError(
+                f"PolicyLossConfig.rollout_correction={self.rollout_correction!r} is not registered; "
+                f"use one of {ROLLOUT_CORRECTIONS.names()}"
+            )
+        if not (self.rollout_correction_cap > 1.0 and math.isfinite(self.rollout_correction_cap)):
+            raise ValueError(
+                f"PolicyLossConfig.rollout_correction_cap={self.rollout_correction_cap} must be "
+                "finite and > 1 (verl and slime use 2.0)"
+            )
+
+
 class PerTokenPolicyLoss(Protocol):
     def __call__(
         self, log_ratio: torch.Tensor, advantages: torch.Tensor, config: PolicyLossConfig
@@ -129,6 +152,35 @@ def dual_clip_loss(
     cap = -advantages * config.dual_clip_c  # [B, T]
     capped = (advantages < 0) & (loss > cap)  # [B, T]
     return torch.where(capped, cap, loss), clipped | capped
+
+
+class RolloutCorrection(Protocol):
+    def __call__(self, log_ratio: torch.Tensor, valid: torch.Tensor, cap: float) -> torch.Tensor:
+        """log(pi_old / pi_rollout) [B, T] (0 off `valid`), valid [B, T] bool -> PG weights [B, T]."""
+        ...
+
+
+ROLLOUT_CORRECTIONS: Registry[RolloutCorrection] = Registry("rollout correction")
+
+
+@ROLLOUT_CORRECTIONS.register("none")
+def no_correction(log_ratio: torch.Tensor, valid: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.ones_like(log_ratio)
+
+
+@ROLLOUT_CORRECTIONS.register("tis")
+def truncated_importance_weights(log_ratio: torch.Tensor, valid: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(pi_old / pi_rollout, C) per token (slime / NeMo-RL `use_tis`)."""
+    return torch.exp(log_ratio).clamp(max=cap)  # [B, T]
+
+
+@ROLLOUT_CORRECTIONS.register("mis")
+def sequence_mask(log_ratio: torch.Tensor, valid: torch.Tensor, cap: float) -> torch.Tensor:
+    """1 on sequences whose ratio prod_t pi_old / pi_rollout lies in [1/C, C], else 0 (verl's
+    sequence-level rejection): a sequence the trainer would not have sampled is dropped whole."""
+    seq_log_ratio = (log_ratio * valid).sum(dim=-1, keepdim=True)  # [B, 1]
+    keep = seq_log_ratio.abs() <= math.log(cap)  # [B, 1]
+    return keep.to(log_ratio.dtype).expand_as(log_ratio)  # [B, T]
 
 
 def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
@@ -189,6 +241,7 @@ def policy_loss(
     config: PolicyLossConfig,
     *,
     logp_ref: Optional[torch.Tensor] = None,
+    logp_rollout: Optional[torch.Tensor] = None,
     global_num_tokens: Optional[Count] = None,
     global_num_sequences: Optional[Count] = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -202,6 +255,7 @@ def policy_loss(
         config: objective, clip range, KL coefficient, aggregation.
         logp_ref: [B, T] reference-policy log-probs; required when config.kl_coef > 0, and
             otherwise (if given) only reported as the `ref_kl` metric.
+        logp_rollout: [B, T] the rollout engine's log-probs; required by a rollout correction.
         global_num_tokens / global_num_sequences: the step's global count for the aggregation.
 
     Returns:
@@ -211,6 +265,9 @@ def policy_loss(
             `clip_frac_high`, `approx_kl` (k3 of old vs current), `ref_kl` and `ratio_mean` are
             means over this micro-batch's valid tokens, `ratio_min`/`ratio_max` its extremes
             (+inf / -inf without valid tokens: the identities of min / max over micro-batches).
+            With a rollout correction: `rollout_ratio_mean` / `rollout_ratio_max` of pi_old /
+            pi_rollout over valid tokens (max 0 without any) and `rollout_masked_frac`, the share of
+            this micro-batch's sequences whose PG weights are all 0.
     """
     if config.kl_coef > 0 and logp_ref is None:
         raise ValueError(f"PolicyLossConfig.kl_coef={config.kl_coef} > 0 needs logp_ref")
@@ -222,6 +279,14 @@ def policy_loss(
     log_ratio = torch.where(valid, logp - logp_old, torch.zeros_like(logp))  # [B, T]
     log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     pg_tok, clipped = POLICY_LOSSES.get(config.loss_mode)(log_ratio, adv, config)  # [B, T]
+    correction: dict[str, torch.Tensor] = {}
+    if config.rollout_correction != "none":
+        if logp_rollout is None:
+            raise ValueError(
+                f"PolicyLossConfig.rollout_correction={config.rollout_correction!r} needs logp_rollout"
+            )
+        weights, correction = _rollout_weights(logp_old, logp_rollout, valid, config)  # [B, T]
+        pg_tok = pg_tok * weights
 
     def agg(per_token: torch.Tensor) -> torch.Tensor:
         return aggregate(
@@ -239,8 +304,29 @@ def policy_loss(
             loss = loss + config.kl_coef * kl_loss
             metrics["kl_loss"] = kl_loss.detach()
     metrics.update(_ratio_metrics(log_ratio.detach(), clipped, valid))
+    metrics.update(correction)
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+def _rollout_weights(
+    logp_old: torch.Tensor, logp_rollout: torch.Tensor, valid: torch.Tensor, config: PolicyLossConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The rollout correction's PG weights [B, T] (no grad) and their metrics."""
+    log_ratio = torch.where(valid, logp_old - logp_rollout, torch.zeros_like(logp_old))  # [B, T]
+    log_ratio = log_ratio.detach().clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    weights = ROLLOUT_CORRECTIONS.get(config.rollout_correction)(
+        log_ratio, valid, config.rollout_correction_cap
+    )  # [B, T]
+    mask = valid.to(log_ratio.dtype)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    sequences = valid.any(dim=-1)  # [B]
+    masked = sequences & ((weights * mask).sum(dim=-1) == 0)  # [B]
+    return weights, {
+        "rollout_ratio_mean": _masked_mean(ratio, mask),
+        "rollout_ratio_max": (ratio * mask).amax() if ratio.numel() else ratio.new_zeros(()),
+        "rollout_masked_frac": masked.sum() / sequences.sum().clamp(min=1),
+    }
 
 
 def _ratio_metrics(

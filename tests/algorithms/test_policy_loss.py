@@ -157,3 +157,48 @@ def test_presets():
     assert policy_loss_preset("dapo", eps_low=0.1).eps_high == 0.28
     with pytest.raises(ValueError, match=r"valid: \['dapo', 'grpo', 'srpo'\]"):
         policy_loss_preset("ppo")
+
+
+def _planted_mismatch():
+    """Two sequences of 3 tokens (the last of seq 1 padding); pi_old / pi_rollout per token is
+    planted: seq 0 ratios (3, 0.5, 1.5), product 2.25; seq 1 ratios (1.2, 1.1), product 1.32."""
+    valid = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    ratios = torch.tensor([[3.0, 0.5, 1.5], [1.2, 1.1, 1.0]])
+    logp_old = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 50.0]])  # junk on padding
+    return logp_old, logp_old - torch.log(ratios), valid, ratios
+
+
+@pytest.mark.parametrize(
+    "mode, weights, masked_frac",
+    [
+        ("none", [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], 0.0),
+        ("tis", [[2.0, 0.5, 1.5], [1.2, 1.1, 0.0]], 0.0),  # min(ratio, C=2)
+        ("mis", [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]], 0.5),  # 2.25 leaves [1/2, 2]; 1.32 stays
+    ],
+)
+def test_rollout_correction_weights_the_pg_loss_as_the_formula_says(mode, weights, masked_frac):
+    logp_old, logp_rollout, valid, ratios = _planted_mismatch()
+    logp = logp_old.clone().requires_grad_()  # on-policy: ratio 1, d loss / d logp = -A * w / N
+    adv = torch.tensor([1.0, -2.0])
+    cfg = PolicyLossConfig(rollout_correction=mode)
+    loss, metrics = policy_loss(logp, logp_old, adv, valid, cfg, logp_rollout=logp_rollout, global_num_tokens=5)
+    loss.backward()
+    expected = torch.tensor(weights)
+    assert torch.allclose(logp.grad, -adv[:, None] * expected / 5, atol=1e-6)
+    assert loss.item() == pytest.approx((-adv[:, None] * expected).sum().item() / 5, abs=1e-6)
+    if mode != "none":
+        assert metrics["rollout_ratio_mean"].item() == pytest.approx(ratios[valid].mean().item(), rel=1e-5)
+        assert metrics["rollout_ratio_max"].item() == pytest.approx(3.0, rel=1e-5)
+        assert metrics["rollout_masked_frac"].item() == masked_frac
+    else:
+        assert "rollout_ratio_mean" not in metrics
+
+
+def test_rollout_correction_config_and_input_errors():
+    with pytest.raises(ValueError, match=r"rollout_correction='is'.*\['mis', 'none', 'tis'\]"):
+        PolicyLossConfig(rollout_correction="is")
+    with pytest.raises(ValueError, match="PolicyLossConfig.rollout_correction_cap=1.0 must be finite and > 1"):
+        PolicyLossConfig(rollout_correction_cap=1.0)
+    with pytest.raises(ValueError, match="needs logp_rollout"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1),
+                    PolicyLossConfig(rollout_correction="tis"), global_num_tokens=1)
