@@ -88,7 +88,6 @@ LOSS_SHARE_KEYS = frozenset({"pg_loss", "kl_loss", "loss"})
 """Loss metrics that are each replica's share of the global mean (`policy_loss`): they add up
 over replicas. Every other loss metric is a micro-batch mean and averages."""
 
-_UNLOGGED_LOSS_KEYS = frozenset({"ratio_min", "ratio_max"})  # +-inf without valid tokens
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -134,7 +133,7 @@ def update_metrics(updates: Sequence[UpdateRecord]) -> dict:
     if not updates:
         return {}
     micro = sum(u.micro_batches for u in updates)
-    keys = [k for k in updates[0].loss_metrics if k not in _UNLOGGED_LOSS_KEYS]
+    keys = list(updates[0].loss_metrics)
     metrics = {}
     for key in keys:
         values = [(u.loss_metrics[key], u.micro_batches) for u in updates]

@@ -11,7 +11,7 @@ def sample(accuracy, domain="math", revisited=False, length=10, truncated=False,
 
 def update(pg_loss, clip_frac, micro_batches, tokens, diff_max, diff_sum, kl_sum=None):
     return UpdateRecord(loss_metrics={"pg_loss": pg_loss, "loss": pg_loss, "clip_frac": clip_frac,
-                                      "grad_norm": 1.5, "ratio_min": 0.9, "ratio_max": 1.1},
+                                      "grad_norm": 1.5},
                         micro_batches=micro_batches, response_tokens=tokens, logprob_diff_max=diff_max,
                         logprob_diff_sum=diff_sum, kl_sum=kl_sum)
 
@@ -72,7 +72,6 @@ def test_update_metrics_add_shares_and_weight_means(replicas):
     assert metrics["logprob_diff"] == pytest.approx(3e-4)  # the worst token of any replica
     assert metrics["logprob_diff_mean"] == pytest.approx(7e-3 / 140)
     assert metrics["kl"] == pytest.approx(1.4 / 140)
-    assert "ratio_min" not in metrics and "ratio_max" not in metrics
 
 
 def test_absent_subsets_are_none_not_zero():

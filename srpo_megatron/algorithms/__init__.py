@@ -16,7 +16,6 @@ from srpo_megatron.algorithms.policy_loss import (
     PolicyLossConfig,
     local_loss_counts,
     policy_loss,
-    policy_loss_preset,
 )
 from srpo_megatron.algorithms.registry import Registry
 
@@ -31,6 +30,5 @@ __all__ = [
     "compute_advantages",
     "local_loss_counts",
     "policy_loss",
-    "policy_loss_preset",
     "zero_variance_groups",
 ]

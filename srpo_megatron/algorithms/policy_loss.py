@@ -2,7 +2,7 @@
 
 Tensors in, `(loss, metrics)` out; nothing here syncs with the host. Per-token objectives are
 registered in `POLICY_LOSSES` under one signature; SRPO, GRPO and DAPO are hyper-parameter
-settings of the same "ppo_clip" objective (see `policy_loss_preset`).
+settings of the same "ppo_clip" objective (the example configs carry SRPO's).
 
 Normalisation contract: the loss of one micro-batch is already divided by the GLOBAL count
 (tokens or sequences of the whole step on all DP ranks), so summing it over micro-batches and DP
@@ -14,10 +14,8 @@ undoes both (at CP=1: multiply the returned loss by num_microbatches * dp_size),
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Optional, Protocol, Union
 
 import torch
@@ -263,8 +261,7 @@ def policy_loss(
         metrics: 0-dim detached tensors. `pg_loss` and `kl_loss` are shares of the global mean
             like `loss` (sum them over micro-batches); `clip_frac`, `clip_frac_low`,
             `clip_frac_high`, `approx_kl` (k3 of old vs current), `ref_kl` and `ratio_mean` are
-            means over this micro-batch's valid tokens, `ratio_min`/`ratio_max` its extremes
-            (+inf / -inf without valid tokens: the identities of min / max over micro-batches).
+            means over this micro-batch's valid tokens.
             With a rollout correction: `rollout_ratio_mean` / `rollout_ratio_max` of pi_old /
             pi_rollout over valid tokens (max 0 without any) and `rollout_masked_frac`, the share of
             this micro-batch's sequences whose PG weights are all 0.
@@ -336,34 +333,10 @@ def _ratio_metrics(
     mask = valid.to(log_ratio.dtype)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     clipped = clipped.to(mask.dtype) * mask  # [B, T]
-    inf = torch.full_like(ratio, math.inf)  # [B, T]
     return {
         "clip_frac": _masked_mean(clipped, mask),
         "clip_frac_high": _masked_mean(clipped * (ratio > 1).to(mask.dtype), mask),
         "clip_frac_low": _masked_mean(clipped * (ratio < 1).to(mask.dtype), mask),
         "approx_kl": _masked_mean(torch.exp(-log_ratio) + log_ratio - 1.0, mask),
         "ratio_mean": _masked_mean(ratio, mask),
-        "ratio_max": torch.where(valid, ratio, -inf).amax(),
-        "ratio_min": torch.where(valid, ratio, inf).amin(),
     }
-
-
-_PRESETS = MappingProxyType(
-    {
-        "srpo": PolicyLossConfig(),
-        "grpo": PolicyLossConfig(kl_coef=0.04, aggregation="sequence_mean"),
-        "dapo": PolicyLossConfig(eps_high=0.28),
-    }
-)
-
-
-def policy_loss_preset(name: str, **overrides) -> PolicyLossConfig:
-    """Published settings by name, with optional field overrides.
-
-    "srpo": symmetric clip 0.2, no KL, token mean (Kwaipilot SRPO).
-    "grpo": clip 0.2, k3 KL with beta 0.04, sequence mean (DeepSeekMath GRPO).
-    "dapo": clip-higher (0.2, 0.28), no KL, token mean (DAPO).
-    """
-    if name not in _PRESETS:
-        raise ValueError(f"unknown policy loss preset {name!r}; valid: {sorted(_PRESETS)}")
-    return dataclasses.replace(_PRESETS[name], **overrides)
