@@ -26,11 +26,16 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from srpo_megatron.convert.mcore_io import CheckpointInfo, write_model_metadata
+
+if TYPE_CHECKING:
+    from srpo_megatron.config import ModelConfig
+    from srpo_megatron.data import StageScheduler
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -80,6 +85,24 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     done = complete_checkpoints(run_dir)
     return done[0] if done else None
+
+
+def trainer_state(step: int, rollouts_total: int, scheduler: StageScheduler) -> dict:
+    """What `trainer_state.json` holds: the step, the rollouts generated since the run began (all
+    replicas) and the stage scheduler's state."""
+    return {"step": step, "rollouts_total": rollouts_total, "scheduler": scheduler.state_dict()}
+
+
+def restore_trainer_state(state: dict, scheduler: StageScheduler) -> tuple[int, int]:
+    """`trainer_state`'s (step, rollouts_total), its scheduler state loaded into `scheduler`."""
+    step, rollouts_total = state["step"], state.get("rollouts_total", 0)  # older checkpoints: count from here
+    scheduler.load_state_dict(state["scheduler"])
+    return step, rollouts_total
+
+
+def checkpoint_info(model: ModelConfig, vocab_size_padded: int) -> CheckpointInfo:
+    """What a training checkpoint of `model` says about itself (its dtype, TP and PP)."""
+    return CheckpointInfo(vocab_size_padded, model.dtype, model.tensor_parallel, model.pipeline_parallel)
 
 
 def _rng_state() -> dict:

@@ -32,9 +32,9 @@ import torch.distributed as dist
 
 from srpo_megatron import platform
 from srpo_megatron.algorithms import compute_advantages
-from srpo_megatron.checkpoint import ResumeRequest, resume_checkpoint, save_checkpoint
+from srpo_megatron.checkpoint import (ResumeRequest, checkpoint_info, restore_trainer_state, resume_checkpoint,
+                                      save_checkpoint, trainer_state)
 from srpo_megatron.config import DataConfig, TrainConfig
-from srpo_megatron.convert.mcore_io import CheckpointInfo
 from srpo_megatron.data import StageScheduler, draw_informative, draw_once
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
@@ -92,12 +92,9 @@ class Trainer:
 
     def _resume(self, resume: str | ResumeRequest | None) -> None:
         state = resume_checkpoint(self.run_dir, resume, self.model.module, self.optimizer)
-        if state is None:
-            return  # a fresh run, or --resume auto before the first save
-        self.step = state["step"]
-        self.rollouts_total = state.get("rollouts_total", 0)  # older checkpoints: count from here
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sync()
+        if state is not None:  # None: a fresh run, or --resume auto before the first save
+            self.step, self.rollouts_total = restore_trainer_state(state, self.scheduler)
+            self.sync()
 
     def train(self) -> None:
         from tqdm import tqdm
@@ -233,11 +230,9 @@ class Trainer:
         return reduce_over_replicas(local, step_seconds) | {"pool_size": self.scheduler.pool_size()}
 
     def save(self) -> Path:
-        info = CheckpointInfo(self.vocab_padded, self.config.model.dtype, self.config.model.tensor_parallel,
-                              self.config.model.pipeline_parallel)
-        state = {"step": self.step, "rollouts_total": self.rollouts_total, "scheduler": self.scheduler.state_dict()}
-        return save_checkpoint(self.run_dir, self.step, self.model.module, self.optimizer, state, info,
-                               self.config.model.hf_path)
+        state = trainer_state(self.step, self.rollouts_total, self.scheduler)
+        return save_checkpoint(self.run_dir, self.step, self.model.module, self.optimizer, state,
+                               checkpoint_info(self.config.model, self.vocab_padded), self.config.model.hf_path)
 
     def close(self) -> None:
         self.scorer.close()
