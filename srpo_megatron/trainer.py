@@ -17,11 +17,8 @@ inside the model-parallel group so every rank of the replica trains on identical
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
 import socket
-import time
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +35,7 @@ from srpo_megatron.config import DataConfig, TrainConfig
 from srpo_megatron.data import StageScheduler, draw_informative, draw_once
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
+from srpo_megatron.loop_control import PhaseTimer, StopSignal, due
 from srpo_megatron.metrics import MetricsLogger, ReplicaRecord, is_reflective, reduce_step
 from srpo_megatron.models import model_shape, padded_vocab_size
 from srpo_megatron.models.forward import compute_logprobs
@@ -110,7 +108,7 @@ class Trainer:
                 metrics = self.train_step()
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
-                if _due(self.config.training.save_every, self.step) or stop.agreed() or self.step == total:
+                if due(self.config.training.save_every, self.step) or stop.agreed() or self.step == total:
                     self.save()
                 if stop.requested or (stop_after and self.step - started >= stop_after):
                     break
@@ -217,7 +215,7 @@ class Trainer:
 
     def _should_evaluate(self, stage_changed: bool) -> bool:
         last = self.step == self.config.training.steps
-        return bool(self.eval_rows) and (stage_changed or last or _due(self.config.training.eval_every, self.step))
+        return bool(self.eval_rows) and (stage_changed or last or due(self.config.training.eval_every, self.step))
 
     def step_metrics(self, samples: list[Sample], batch: RolloutBatch, loss_metrics: dict, generated: int,
                      step_seconds: float) -> dict:
@@ -259,49 +257,6 @@ class EngineShare:
         return items[self.index::self.count]
 
 
-class PhaseTimer:
-    """Wall-clock seconds per named phase of one step; a phase run again (DAPO's draws) adds up.
-
-    Host clocks: phases that end by reading results on the host (log-probs, loss metrics, the
-    gradient norm) include their GPU kernels."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def run(self, name: str, fn, *args):
-        with self(name):
-            return fn(*args)
-
-    def metrics(self) -> dict[str, float]:
-        """The phase times, and `t_train`: the log-prob and update phases (what plots and run
-        summaries read as training time)."""
-        train = sum(self.seconds.get(k, 0.0) for k in ("t_old_logprobs", "t_ref_logprobs", "t_update"))
-        return {k: round(v, 4) for k, v in (self.seconds | {"t_train": train}).items()}
-
-
-class StopSignal:
-    """SIGTERM (Slurm preemption) as a flag the ranks agree on after a step: save, then exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._request)
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True  # only a flag: torchrun may signal twice
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([float(self.requested)], device=platform.device())  # NCCL needs CUDA
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.requested = bool(flag.item())
-        return self.requested
-
-
 def _announce(ctx: platform.DistributedContext) -> None:
     """One line per rank: on multi-node jobs it shows where every rank landed."""
     print(f"srpo rank {ctx.rank}/{ctx.world_size} host={socket.gethostname()} local_rank={ctx.local_rank} "
@@ -321,10 +276,6 @@ def _step_sampling(config: TrainConfig):
         return draw_once
     return partial(draw_informative, group_size=config.rollout.n_samples_per_prompt,
                    extra_draws=config.training.dynamic_sampling_rounds)
-
-
-def _due(every: int, step: int) -> bool:
-    return bool(every) and step % every == 0
 
 
 def _gather_in_order(local: list[tuple[int, int, Sample]], group: dist.ProcessGroup) -> list[Sample]:
