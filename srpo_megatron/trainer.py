@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import zlib
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +29,12 @@ from srpo_megatron import platform
 from srpo_megatron.algorithms import compute_advantages
 from srpo_megatron.checkpoint import (ResumeRequest, checkpoint_info, restore_trainer_state, resume_checkpoint,
                                       save_checkpoint, trainer_state)
-from srpo_megatron.config import DataConfig, TrainConfig
+from srpo_megatron.config import TrainConfig
 from srpo_megatron.data import StageScheduler, draw_informative, draw_once
 from srpo_megatron.data.dataset import load_rows
 from srpo_megatron.data.stages import history_sampler_factory
+from srpo_megatron.engine_share import EngineShare, Item, prompt_texts, score_rollouts
+from srpo_megatron.held_out import HeldOutEval, load_held_out_rows
 from srpo_megatron.loop_control import PhaseTimer, StopSignal, due
 from srpo_megatron.metrics import MetricsLogger, ReplicaRecord, is_reflective, reduce_step
 from srpo_megatron.models import model_shape, padded_vocab_size
@@ -45,8 +45,6 @@ from srpo_megatron.rollout import Rollout, RolloutEngine
 from srpo_megatron.rollout.batch import RolloutBatch, Sample
 from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
 from srpo_megatron.rollout.weight_sync import sync_weights
-
-Item = tuple[str, int]  # (domain, row index)
 
 
 class Trainer:
@@ -65,7 +63,8 @@ class Trainer:
         _announce(ctx)
         self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
         self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
-        self.rows, self.eval_rows = _load_rows(config.data)
+        self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
+        held_out_rows = load_held_out_rows(config.data)  # all data checked before the model is built
         self.model, self.optimizer = build_policy(self.shape, model_cfg, config.optimizer, self.vocab_padded)
         wants_reference = config.loss.kl_coef > 0 or train_cfg.reference_model
         self.reference = build_reference(self.shape, model_cfg, self.vocab_padded) if wants_reference else None
@@ -81,7 +80,7 @@ class Trainer:
         self.scheduler = StageScheduler(config.stages, config.data.prompts_per_step, factory, ctx.data_parallel)
         self.sampling = _step_sampling(config)
         self.train_share = EngineShare.of(ps.get_model_parallel_group(), config.rollout.tensor_parallel_size)
-        self.eval_share = EngineShare.of(None, config.rollout.tensor_parallel_size)  # all ranks
+        self.held_out = HeldOutEval(held_out_rows, self.engine, self.scorer, config)
         self.step = 0
         self.rollouts_total = 0  # rollouts generated since the run began, all replicas
         self.run_dir = Path(train_cfg.run_dir)
@@ -99,8 +98,8 @@ class Trainer:
 
         stop = StopSignal()
         total, started, stop_after = self.config.training.steps, self.step, self.config.training.stop_after
-        if self.step == 0 and self.eval_rows:  # where the policy starts
-            baseline = {"step": 0, "stage": self.scheduler.stage.name, **self.evaluate()}
+        if self.step == 0 and self.held_out.rows:  # where the policy starts
+            baseline = {"step": 0, "stage": self.scheduler.stage.name, **self.held_out(self.step)}
             if self.logger:
                 self.logger.log(baseline)
         with tqdm(total=total, initial=self.step, desc="srpo", disable=self.ctx.rank != 0) as bar:
@@ -136,8 +135,8 @@ class Trainer:
         self.rollouts_total += metrics["rollouts"]
         metrics |= {"rollouts_total": self.rollouts_total, **timer.metrics(),
                     "stage_changed": self.scheduler.update(self.step)}
-        if self._should_evaluate(metrics["stage_changed"]):
-            metrics |= self.evaluate()
+        if self.held_out.due(self.step, metrics["stage_changed"]):
+            metrics |= self.held_out(self.step)
         if self.logger:
             self.logger.log(metrics)
         return metrics
@@ -155,19 +154,17 @@ class Trainer:
         """This engine's prompts, G samples each. Reseeded per (step, replica, engine): a resumed
         run samples exactly what it would have."""
         seed_key = f"{self.config.training.seed}/{self.step}/{self.ctx.dp_rank}/{self.train_share.index}"
-        return _generate(self.engine, _texts(self.rows, items, self.config.data), None, seed_key, self.train_share)
+        return self.train_share.generate(self.engine, prompt_texts(self.rows, items, self.config.data), None, seed_key)
 
     def reward(self, items: list[Item], rollouts: list[Rollout]) -> list[Sample]:
         """Score this engine's rollouts, then all-gather them inside the model-parallel group so
         every rank of the replica holds the replica's samples, in prompt order."""
         from megatron.core import parallel_state as ps
 
-        _, scores = _score(self.scorer, self.rows, items, rollouts)
-        share = self.train_share
-        local = [(share.index + share.count * r.prompt_index, r.sample_index, _to_sample(
-                     items[r.prompt_index], r, s, self.scheduler.recorded_in_earlier_epoch(*items[r.prompt_index])))
-                 for r, s in zip(rollouts, scores)]
-        return _gather_in_order(local, ps.get_model_parallel_group())
+        _, scores = score_rollouts(self.scorer, self.rows, items, rollouts)
+        samples = [_to_sample(item, r, s, self.scheduler.recorded_in_earlier_epoch(*item))
+                   for r, s in zip(rollouts, scores) for item in [items[r.prompt_index]]]
+        return self.train_share.gather(rollouts, samples, ps.get_model_parallel_group())
 
     def record_history(self, prompts: dict[str, list[int]], samples: list[Sample]) -> None:
         """Per-prompt rollout correctness into the history-resampling sampler (collective)."""
@@ -204,19 +201,6 @@ class Trainer:
         self.engine.wake_up(["weights"])
         sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded, gather=self.gather)
 
-    def evaluate(self) -> dict:
-        """avg@k accuracy on the held-out sets; every rollout engine scores a share of them."""
-        share = self.eval_share
-        items = share.pick([(d, i) for d, rows in self.eval_rows.items() for i in range(len(rows))])
-        seed_key = f"eval/{self.config.training.seed}/{self.step}/{share.index}"
-        texts = _texts(self.eval_rows, items, self.config.data)
-        rollouts = _generate(self.engine, texts, self.config.training.eval_samples, seed_key, share)
-        return held_out_accuracy(*_score(self.scorer, self.eval_rows, items, rollouts), sorted(self.eval_rows))
-
-    def _should_evaluate(self, stage_changed: bool) -> bool:
-        last = self.step == self.config.training.steps
-        return bool(self.eval_rows) and (stage_changed or last or due(self.config.training.eval_every, self.step))
-
     def step_metrics(self, samples: list[Sample], batch: RolloutBatch, loss_metrics: dict, generated: int,
                      step_seconds: float) -> dict:
         """Everything about this step, over all data-parallel replicas: one rank per replica (TP
@@ -237,37 +221,10 @@ class Trainer:
         self.engine.shutdown()
 
 
-@dataclass(frozen=True)
-class EngineShare:
-    """This rank's slice of a group's prompts: the group's ranks form `count` rollout engines of
-    `engine_size` consecutive ranks; the ranks of one engine see the same prompts and seed, and
-    its first rank (the leader) keeps and scores the results."""
-
-    index: int
-    count: int
-    leader: bool
-
-    @classmethod
-    def of(cls, group: dist.ProcessGroup | None, engine_size: int) -> EngineShare:
-        """This rank's share of `group`'s prompts (None: every rank of the job)."""
-        rank, size = dist.get_rank(group), dist.get_world_size(group)
-        return cls(rank // engine_size, size // engine_size, rank % engine_size == 0)
-
-    def pick(self, items: list[Item]) -> list[Item]:
-        return items[self.index::self.count]
-
-
 def _announce(ctx: platform.DistributedContext) -> None:
     """One line per rank: on multi-node jobs it shows where every rank landed."""
     print(f"srpo rank {ctx.rank}/{ctx.world_size} host={socket.gethostname()} local_rank={ctx.local_rank} "
           f"tp={ctx.tp_rank} pp={ctx.pp_rank} dp={ctx.dp_rank} device={platform.device()}", flush=True)
-
-
-def _load_rows(data: DataConfig) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """(training rows, held-out rows) per domain that has files."""
-    train = {d: load_rows(getattr(data, d), d) for d in ("math", "code") if getattr(data, d)}
-    held_out = {d: load_rows(files, d) for d, files in (("math", data.eval_math), ("code", data.eval_code)) if files}
-    return train, held_out
 
 
 def _step_sampling(config: TrainConfig):
@@ -276,35 +233,6 @@ def _step_sampling(config: TrainConfig):
         return draw_once
     return partial(draw_informative, group_size=config.rollout.n_samples_per_prompt,
                    extra_draws=config.training.dynamic_sampling_rounds)
-
-
-def _gather_in_order(local: list[tuple[int, int, Sample]], group: dist.ProcessGroup) -> list[Sample]:
-    """Every rank's (prompt position, sample index, sample) of `group`, as samples in that order."""
-    gathered = [None] * dist.get_world_size(group)
-    dist.all_gather_object(gathered, local, group=group)
-    return [sample for *_, sample in sorted((x for part in gathered for x in part), key=lambda x: x[:2])]
-
-
-def _texts(rows_by_domain: dict[str, list[dict]], items: list[Item], data: DataConfig) -> list[str]:
-    instructions = {"math": data.math_instruction, "code": data.code_instruction}
-    return [rows_by_domain[d][i]["prompt"] + instructions[d] for d, i in items]
-
-
-def _generate(engine, texts: list[str], n: int | None, seed_key: str, share: EngineShare) -> list[Rollout]:
-    """Sample `texts` on this rank's engine, seeded by `seed_key`; the ranks of a vLLM TP group
-    other than its leader return nothing (the leader scores and shares them)."""
-    torch.manual_seed(zlib.crc32(seed_key.encode()))
-    engine.wake_up()
-    rollouts = engine.generate(texts, n=n) if texts else []
-    engine.sleep()
-    return rollouts if share.leader else []
-
-
-def _score(scorer: RewardScorer, rows_by_domain: dict[str, list[dict]], items: list[Item],
-           rollouts: list[Rollout]) -> tuple[list[dict], list]:
-    """(each rollout's row, its score)."""
-    rows = [rows_by_domain[d][i] for d, i in (items[r.prompt_index] for r in rollouts)]
-    return rows, (scorer.score(rows, [r.response_text for r in rollouts]) if rollouts else [])
 
 
 def _to_sample(item: Item, rollout: Rollout, score, revisited: bool) -> Sample:
@@ -320,14 +248,3 @@ def reduce_over_replicas(local: ReplicaRecord | None, step_seconds: float) -> di
     dist.all_gather_object(everyone, local)
     return reduce_step([r for r in everyone if r is not None], step_seconds)
 
-
-def held_out_accuracy(rows: list[dict], scores: list, domains: list[str]) -> dict:
-    """Mean accuracy per domain over every rank's scored held-out rollouts (collective)."""
-    totals = torch.zeros(2 * len(domains), dtype=torch.float64, device=platform.device())  # NCCL needs CUDA
-    for row, score in zip(rows, scores):
-        index = domains.index(row["domain"])
-        totals[2 * index] += score.accuracy
-        totals[2 * index + 1] += 1
-    dist.all_reduce(totals)
-    return {f"eval/accuracy/{d}": (totals[2 * i] / totals[2 * i + 1].clamp(min=1)).item()
-            for i, d in enumerate(domains)}
