@@ -1,6 +1,6 @@
 """Rollout work split over rollout engines: which prompts a rank's engine samples (`EngineShare`),
 seeded how, how its rollouts are scored, and the gather that puts every engine's results back in
-prompt order. Training (`Trainer.rollout`, `Trainer.reward`) splits a replica's prompts over its
+prompt order. Training (`replica.py`) splits a data-parallel replica's prompts over its
 model-parallel group; held-out evaluation (`held_out.py`) splits the held-out sets over every
 rank of the job.
 """

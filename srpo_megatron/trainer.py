@@ -12,7 +12,9 @@ pass one typed `RolloutBatch`, which lives on the host (its docstring states the
 
 Parallel layout: Megatron TP x PP x DP. Every rank also runs a rollout engine; a data-parallel
 replica's prompts are split over its TP x PP ranks for generation and scoring, then all-gathered
-inside the model-parallel group so every rank of the replica trains on identical rollouts.
+inside the model-parallel group so every rank of the replica trains on identical rollouts
+(`replica.py`). Held-out accuracy (`held_out.py`) is measured before the first step, at stage
+changes, every `training.eval_every` steps and after the last; checkpoints are `checkpoint.py`'s.
 """
 
 from __future__ import annotations
@@ -23,25 +25,22 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from srpo_megatron import platform
 from srpo_megatron.algorithms import compute_advantages
 from srpo_megatron.checkpoint import (ResumeRequest, checkpoint_info, restore_trainer_state, resume_checkpoint,
                                       save_checkpoint, trainer_state)
 from srpo_megatron.config import TrainConfig
-from srpo_megatron.data import StageScheduler, draw_informative, draw_once
 from srpo_megatron.data.dataset import load_rows
-from srpo_megatron.data.stages import history_sampler_factory
-from srpo_megatron.engine_share import EngineShare, Item, prompt_texts, score_rollouts
 from srpo_megatron.held_out import HeldOutEval, load_held_out_rows
 from srpo_megatron.loop_control import PhaseTimer, StopSignal, due
-from srpo_megatron.metrics import MetricsLogger, ReplicaRecord, is_reflective, reduce_step
+from srpo_megatron.metrics import MetricsLogger
 from srpo_megatron.models import model_shape, padded_vocab_size
 from srpo_megatron.models.forward import compute_logprobs
 from srpo_megatron.policy import UpdateSettings, build_policy, build_reference, update_policy
+from srpo_megatron.replica import ReplicaRollouts, replica_metrics, replica_schedule
 from srpo_megatron.rewards.combine import RewardScorer
-from srpo_megatron.rollout import Rollout, RolloutEngine
+from srpo_megatron.rollout import RolloutEngine
 from srpo_megatron.rollout.batch import RolloutBatch, Sample
 from srpo_megatron.rollout.tp_gather import tensor_parallel_gather
 from srpo_megatron.rollout.weight_sync import sync_weights
@@ -53,7 +52,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: str | ResumeRequest | None = None, engine=None):
         """`engine`: the rollout engine, by default vLLM's (`RolloutEngine`); the GPU tests pass
         recorded rollouts where vLLM's CUDA build is not installed."""
-        from megatron.core import parallel_state as ps
         from transformers import AutoConfig
 
         self.config = config
@@ -63,7 +61,7 @@ class Trainer:
         _announce(ctx)
         self.shape = model_shape(AutoConfig.from_pretrained(model_cfg.hf_path))
         self.vocab_padded = padded_vocab_size(self.shape.vocab_size, model_cfg.tensor_parallel)
-        self.rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
+        rows = {d: load_rows(getattr(config.data, d), d) for d in ("math", "code") if getattr(config.data, d)}
         held_out_rows = load_held_out_rows(config.data)  # all data checked before the model is built
         self.model, self.optimizer = build_policy(self.shape, model_cfg, config.optimizer, self.vocab_padded)
         wants_reference = config.loss.kl_coef > 0 or train_cfg.reference_model
@@ -74,15 +72,10 @@ class Trainer:
         self.engine = engine or RolloutEngine(model_cfg.hf_path, config.rollout)
         self.gather = tensor_parallel_gather()  # kept for every sync (on CPU it joins shared memory)
         self.scorer = RewardScorer(config.reward)
-        factory = history_sampler_factory({d: len(r) for d, r in self.rows.items()}, ctx.dp_rank,
-                                          ctx.data_parallel, train_cfg.seed,
-                                          enabled=train_cfg.sampler == "history_resampling")
-        self.scheduler = StageScheduler(config.stages, config.data.prompts_per_step, factory, ctx.data_parallel)
-        self.sampling = _step_sampling(config)
-        self.train_share = EngineShare.of(ps.get_model_parallel_group(), config.rollout.tensor_parallel_size)
+        self.scheduler, self.sampling = replica_schedule(config, rows, ctx)
+        self.rollouts = ReplicaRollouts(rows, self.engine, self.scorer, config, ctx.dp_rank)
         self.held_out = HeldOutEval(held_out_rows, self.engine, self.scorer, config)
-        self.step = 0
-        self.rollouts_total = 0  # rollouts generated since the run began, all replicas
+        self.step, self.rollouts_total = 0, 0  # rollouts_total: generated since the run began, all replicas
         self.run_dir = Path(train_cfg.run_dir)
         self._resume(resume)
         self.logger = MetricsLogger(self.run_dir) if ctx.rank == 0 else None
@@ -130,8 +123,9 @@ class Trainer:
                 batch = dataclasses.replace(batch, old_logprobs=own)
             timer.run("t_sync", self.sync)
         self.step += 1
-        metrics = {"step": self.step, "stage": stage,
-                   **self.step_metrics(samples, batch, loss_metrics, generated, timer.seconds["t_step"])}
+        metrics = {"step": self.step, "stage": stage, **replica_metrics(
+            self.ctx, samples, batch, loss_metrics, generated, self.config.training.micro_batch_size,
+            timer.seconds["t_step"]), "pool_size": self.scheduler.pool_size()}
         self.rollouts_total += metrics["rollouts"]
         metrics |= {"rollouts_total": self.rollouts_total, **timer.metrics(),
                     "stage_changed": self.scheduler.update(self.step)}
@@ -144,27 +138,11 @@ class Trainer:
     def draw(self, timer: PhaseTimer) -> list[Sample]:
         """One draw of this replica's prompts through the first three phases."""
         prompts = self.scheduler.next_batch()
-        items = self.train_share.pick([(d, i) for d, ids in prompts.items() for i in ids])
-        rollouts = timer.run("t_rollout", self.rollout, items)
-        samples = timer.run("t_reward", self.reward, items, rollouts)
+        items = self.rollouts.items(prompts)
+        rollouts = timer.run("t_rollout", self.rollouts.generate, items, self.step)
+        samples = timer.run("t_reward", self.rollouts.score, items, rollouts, self.scheduler.recorded_in_earlier_epoch)
         timer.run("t_record_history", self.record_history, prompts, samples)
         return samples
-
-    def rollout(self, items: list[Item]) -> list[Rollout]:
-        """This engine's prompts, G samples each. Reseeded per (step, replica, engine): a resumed
-        run samples exactly what it would have."""
-        seed_key = f"{self.config.training.seed}/{self.step}/{self.ctx.dp_rank}/{self.train_share.index}"
-        return self.train_share.generate(self.engine, prompt_texts(self.rows, items, self.config.data), None, seed_key)
-
-    def reward(self, items: list[Item], rollouts: list[Rollout]) -> list[Sample]:
-        """Score this engine's rollouts, then all-gather them inside the model-parallel group so
-        every rank of the replica holds the replica's samples, in prompt order."""
-        from megatron.core import parallel_state as ps
-
-        _, scores = score_rollouts(self.scorer, self.rows, items, rollouts)
-        samples = [_to_sample(item, r, s, self.scheduler.recorded_in_earlier_epoch(*item))
-                   for r, s in zip(rollouts, scores) for item in [items[r.prompt_index]]]
-        return self.train_share.gather(rollouts, samples, ps.get_model_parallel_group())
 
     def record_history(self, prompts: dict[str, list[int]], samples: list[Sample]) -> None:
         """Per-prompt rollout correctness into the history-resampling sampler (collective)."""
@@ -201,16 +179,6 @@ class Trainer:
         self.engine.wake_up(["weights"])
         sync_weights(self.model.module, self.engine, self.shape, self.vocab_padded, gather=self.gather)
 
-    def step_metrics(self, samples: list[Sample], batch: RolloutBatch, loss_metrics: dict, generated: int,
-                     step_seconds: float) -> dict:
-        """Everything about this step, over all data-parallel replicas: one rank per replica (TP
-        rank 0 of the last pipeline stage, which has the log-probs and loss metrics) reports."""
-        local = None
-        if self.ctx.is_last_pp_stage and self.ctx.tp_rank == 0:
-            local = ReplicaRecord(tuple(s.metrics_record() for s in samples), batch.zero_groups(), generated,
-                                  batch.update_record(loss_metrics, self.config.training.micro_batch_size))
-        return reduce_over_replicas(local, step_seconds) | {"pool_size": self.scheduler.pool_size()}
-
     def save(self) -> Path:
         state = trainer_state(self.step, self.rollouts_total, self.scheduler)
         return save_checkpoint(self.run_dir, self.step, self.model.module, self.optimizer, state,
@@ -225,26 +193,4 @@ def _announce(ctx: platform.DistributedContext) -> None:
     """One line per rank: on multi-node jobs it shows where every rank landed."""
     print(f"srpo rank {ctx.rank}/{ctx.world_size} host={socket.gethostname()} local_rank={ctx.local_rank} "
           f"tp={ctx.tp_rank} pp={ctx.pp_rank} dp={ctx.dp_rank} device={platform.device()}", flush=True)
-
-
-def _step_sampling(config: TrainConfig):
-    """How a step's rollouts are drawn: once, or DAPO's refill over draws (`training.sampler`)."""
-    if config.training.sampler != "dynamic_sampling":
-        return draw_once
-    return partial(draw_informative, group_size=config.rollout.n_samples_per_prompt,
-                   extra_draws=config.training.dynamic_sampling_rounds)
-
-
-def _to_sample(item: Item, rollout: Rollout, score, revisited: bool) -> Sample:
-    return Sample(domain=item[0], row_index=item[1], prompt_ids=rollout.prompt_token_ids,
-                  response_ids=rollout.response_token_ids, rollout_logprobs=rollout.logprobs.tolist(),
-                  truncated=rollout.finish_reason == "length", reward=score.reward, accuracy=score.accuracy,
-                  reflective=is_reflective(rollout.response_text), revisited=revisited, scored=score.scored)
-
-
-def reduce_over_replicas(local: ReplicaRecord | None, step_seconds: float) -> dict:
-    """`reduce_step` over the records of every rank that has one: the step's one metrics collective."""
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, local)
-    return reduce_step([r for r in everyone if r is not None], step_seconds)
 
