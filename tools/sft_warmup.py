@@ -1,13 +1,14 @@
-"""Short supervised warm-up of the tiny demo model, so RL starts from partial competence.
+"""Short supervised warm-up, so RL starts from partial competence.
 
 A freshly initialised tiny model never produces a `\\boxed{}` answer or a code block, so every rollout
 scores 0 and group-relative advantages are all zero: RL has nothing to learn from. This tool trains
-a fresh `tools.make_tiny_model` model on correct solutions (`sft.jsonl` from
-`examples/tiny_cpu/make_data.py`) for several hundred steps, stopping while it is still wrong on a good
-share of the RL train problems (whose prompts the warm-up never sees), and measures that share with
-the project's reward functions, greedy and at temperature 1.
+a fresh `tools.make_tiny_model` model, or with `--base-model` a pretrained HF model (the SmolLM2
+example), on demonstrations (`sft.jsonl` from `examples/<example>/make_data.py`), stopping while it
+is still wrong on a good share of the RL train problems (whose prompts the warm-up never sees), and
+measures that share with the project's reward functions, greedy and at `--temperature`.
 
     python tools/sft_warmup.py --data .cache/tiny-data --out .cache/sft [--steps N --seed S]
+    python tools/sft_warmup.py --data runs/smollm2_cpu/data --out .cache/sft --base-model .cache/smollm2-135m-instruct ...
 
 Prints JSON: model path, train time, losses and accuracies. The model lands in `OUT/sft-<hash>`,
 keyed by the arguments, the data files and this tool's code; a rerun with the same key returns the
@@ -29,15 +30,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/sft_warmup.py` from anywhere
 
 INFO_FILE = "sft_info.json"
-KEYED_FILES = ("sft.jsonl", "train_math.jsonl", "train_code.jsonl")
-"""Data files the result depends on: the corpus trained on and the problems accuracy is measured on."""
+SFT_FILE = "sft.jsonl"
+TRAIN_FILES = {"math": "train_math.jsonl", "code": "train_code.jsonl"}
+"""The RL train problems accuracy is measured on, per domain; a data directory may hold either or both."""
 _CODE_FILES = (Path(__file__), Path(__file__).with_name("make_tiny_model.py"))
 _WARMUP_STEPS = 20
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="directory written by examples/tiny_cpu/make_data.py")
+    p.add_argument("--data", required=True, help="directory written by an example's make_data.py")
     p.add_argument("--out", required=True, help="cache directory; the model goes to OUT/sft-<hash>")
     p.add_argument("--steps", type=int, default=700,
                    help="optimizer steps: past the point (~500 on the chain task) where the tiny model learns "
@@ -45,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="model init, data order and sampling seed")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
+    p.add_argument("--base-model", dest="base_model", default=None,
+                   help="HF model directory to start from (default: a fresh tiny model built from the "
+                   "size flags below, which are then unused)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of the measured accuracy, besides greedy (the run's rollout one)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=0,
+                   help="response budget when measuring (0: the longest demonstration + 16 tokens)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=256, help="hidden size; heads = hidden / 64")
     p.add_argument("--kv-heads", dest="kv_heads", type=int, default=2)
@@ -58,12 +67,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def keyed_files(args: argparse.Namespace) -> list[Path]:
+    """Files the result depends on: the corpus, the problems measured on, this tool's code and, for a
+    base model, its JSON files (config, tokenizer, and the marker a converter such as
+    `tools/smollm2_to_hf.py` writes: what the weights were made from; hashing the weights is not needed)."""
+    data = Path(args.data)
+    files = [data / SFT_FILE] + [data / name for name in TRAIN_FILES.values() if (data / name).is_file()]
+    if args.base_model:
+        files += sorted(Path(args.base_model).glob("*.json"))
+    return files + list(_CODE_FILES)
+
+
 def cache_key(args: argparse.Namespace) -> str:
-    """Hash of everything the result depends on except the output location and thread count."""
+    """Hash of everything the result depends on except the locations and the thread count."""
     digest = hashlib.sha256()
-    keyed_args = {k: v for k, v in sorted(vars(args).items()) if k not in ("data", "out", "threads")}
+    keyed_args = {k: v for k, v in sorted(vars(args).items()) if k not in ("data", "out", "threads", "base_model")}
     digest.update(json.dumps(keyed_args, sort_keys=True).encode())
-    for path in [Path(args.data) / name for name in KEYED_FILES] + list(_CODE_FILES):
+    for path in keyed_files(args):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -166,7 +186,7 @@ def generate(model, tokenizer, prompts: list[str], temperature: float, max_new_t
 
 
 def measure_accuracy(model, tokenizer, args: argparse.Namespace, max_new_tokens: int) -> dict:
-    """Mean reward (greedy and temperature 1) on the first `eval_rows` train rows of each domain."""
+    """Mean reward (greedy and at `args.temperature`) on the first `eval_rows` train rows of each domain."""
     import torch
 
     from srpo_megatron.rewards.code import code_reward_batch
@@ -174,11 +194,13 @@ def measure_accuracy(model, tokenizer, args: argparse.Namespace, max_new_tokens:
 
     accuracy = {}
     with GradingPool() as pool:
-        for domain in ("math", "code"):
-            rows = _read_jsonl(Path(args.data) / f"train_{domain}.jsonl")[: args.eval_rows]
+        for domain, name in TRAIN_FILES.items():
+            if not (Path(args.data) / name).is_file():
+                continue
+            rows = _read_jsonl(Path(args.data) / name)[: args.eval_rows]
             prompts = [_prompt_text(tokenizer, row["prompt"], args.instruction_suffix) for row in rows]
             accuracy[domain] = {}
-            for label, temperature in (("greedy", 0.0), ("temperature_1", 1.0)):
+            for label, temperature in (("greedy", 0.0), (f"temperature_{args.temperature:g}", args.temperature)):
                 torch.manual_seed(args.seed)
                 responses = generate(model, tokenizer, prompts, temperature, max_new_tokens)
                 if domain == "math":
@@ -208,19 +230,19 @@ def _build(args: argparse.Namespace, final: Path) -> dict:
     torch.set_num_threads(args.threads)
     scratch = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    base = make_tiny_model(scratch / "base", layers=args.layers, hidden=args.hidden, kv_heads=args.kv_heads,
-                           rope_theta=args.rope_theta, seed=args.seed)
+    base = args.base_model or make_tiny_model(scratch / "base", layers=args.layers, hidden=args.hidden,
+                                              kv_heads=args.kv_heads, rope_theta=args.rope_theta, seed=args.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    rows = _read_jsonl(Path(args.data) / "sft.jsonl")
+    rows = _read_jsonl(Path(args.data) / SFT_FILE)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     losses = train(model, tokenizer, rows, args)
     train_time = time.perf_counter() - start
     longest = max(len(tokenizer.encode(row["response"], add_special_tokens=False)) for row in rows)
-    accuracy = measure_accuracy(model, tokenizer, args, longest + 16) if args.eval_rows else {}
+    accuracy = measure_accuracy(model, tokenizer, args, args.max_new_tokens or longest + 16) if args.eval_rows else {}
     measure_time = time.perf_counter() - start - train_time
-    shutil.rmtree(scratch / "base")
+    shutil.rmtree(scratch / "base", ignore_errors=True)  # the fresh tiny model's first save, if any
     _save(model, tokenizer, scratch)
     head = max(1, len(losses) // 10)  # first/last 10% of steps: single-step losses are noisy
     info = {
@@ -239,10 +261,13 @@ def _build(args: argparse.Namespace, final: Path) -> dict:
 def run(argv: list[str] | None = None) -> dict:
     """Warm up (or reuse the cached result) and return the info dict with `cached` set."""
     args = _parser().parse_args(argv)
-    for name in KEYED_FILES:
-        if not (Path(args.data) / name).is_file():
-            raise SystemExit(f"--data {args.data} has no {name}: run "
-                             f"`python examples/tiny_cpu/make_data.py --out {args.data}` first")
+    data = Path(args.data)
+    if not (data / SFT_FILE).is_file() or not any((data / name).is_file() for name in TRAIN_FILES.values()):
+        raise SystemExit(f"--data {args.data} needs {SFT_FILE} and at least one of {sorted(TRAIN_FILES.values())}: "
+                         f"run the example's make_data.py (e.g. `python examples/tiny_cpu/make_data.py --out "
+                         f"{args.data}`) first")
+    if args.base_model and not (Path(args.base_model) / "config.json").is_file():
+        raise SystemExit(f"--base-model {args.base_model} is not an HF model directory (no config.json)")
     final = Path(args.out) / f"sft-{cache_key(args)}"
     if (final / INFO_FILE).is_file():  # the cache directory may have moved since it was written
         return {**json.loads((final / INFO_FILE).read_text()), "model": str(final.resolve()), "cached": True}

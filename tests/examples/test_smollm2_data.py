@@ -1,5 +1,6 @@
-"""The SmolLM2 example: its arithmetic word problems (examples/smollm2_cpu/make_data.py) and the
-GGUF -> HF tool (tools/smollm2_to_hf.py)."""
+"""The SmolLM2 example: its arithmetic word problems and warm-up demonstrations
+(examples/smollm2_cpu/make_data.py), the GGUF -> HF tool (tools/smollm2_to_hf.py), and the warm-up
+tool started from a pretrained model (tools/sft_warmup.py --base-model)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.examples.scripts import load_script
-from tools import smollm2_to_hf
+from tools import sft_warmup, smollm2_to_hf
+from tools.make_tiny_model import make_tiny_model
 
 
 
@@ -69,11 +71,12 @@ def data_dir(tmp_path_factory) -> Path:
 
 def test_rows_follow_the_schema(data_dir):
     ids = []
-    for name, n in ((make_data.TRAIN_FILE, 2000), (make_data.EVAL_FILE, 64)):
+    for name, n in ((make_data.TRAIN_FILE, 2000), (make_data.EVAL_FILE, 64), (make_data.SFT_FILE, 1000)):
         rows = _read(data_dir / name)
         assert len(rows) == n
         for row in rows:
-            assert set(row) == {"id", "domain", "prompt", "answer", "source"}
+            extra = {"response"} if name == make_data.SFT_FILE else set()
+            assert set(row) == {"id", "domain", "prompt", "answer", "source"} | extra
             assert row["domain"] == "math" and row["prompt"].strip()
             assert re.fullmatch(r"\d+", row["answer"]), row  # small non-negative integers
             ids.append(row["id"])
@@ -83,7 +86,7 @@ def test_rows_follow_the_schema(data_dir):
 def test_every_template_is_used_and_answers_match_an_independent_computation(data_dir):
     assert {t.name for t in make_data.TEMPLATES} == set(SOLVERS)
     seen = set()
-    for name in (make_data.TRAIN_FILE, make_data.EVAL_FILE):
+    for name in (make_data.TRAIN_FILE, make_data.EVAL_FILE, make_data.SFT_FILE):
         for row in _read(data_dir / name):
             template, answer = _solve(row["prompt"])
             assert row["source"] == f"arith/{template}", row
@@ -95,17 +98,50 @@ def test_every_template_is_used_and_answers_match_an_independent_computation(dat
 def test_output_is_deterministic_and_seeded(data_dir, tmp_path):
     make_data.make_data(tmp_path / "again")
     make_data.make_data(tmp_path / "other", seed=1)
-    for name in (make_data.TRAIN_FILE, make_data.EVAL_FILE):
+    for name in (make_data.TRAIN_FILE, make_data.EVAL_FILE, make_data.SFT_FILE):
         assert (tmp_path / "again" / name).read_bytes() == (data_dir / name).read_bytes()
         assert (tmp_path / "other" / name).read_bytes() != (data_dir / name).read_bytes()
 
 
-def test_no_prompt_is_in_both_splits_and_eval_ignores_the_train_size(data_dir):
-    train = [row["prompt"] for row in _read(data_dir / make_data.TRAIN_FILE)]
-    held_out = [row["prompt"] for row in _read(data_dir / make_data.EVAL_FILE)]
-    assert len(set(train)) == len(train) and len(set(held_out)) == len(held_out)
-    assert not set(train) & set(held_out)
-    assert make_data.build_splits(n_train=10)["eval"] == make_data.build_splits()["eval"]
+def test_no_prompt_is_in_two_files_and_earlier_splits_ignore_later_sizes(data_dir):
+    prompts = {name: [row["prompt"] for row in _read(data_dir / name)]
+               for name in (make_data.TRAIN_FILE, make_data.EVAL_FILE, make_data.SFT_FILE)}
+    every = [prompt for file_prompts in prompts.values() for prompt in file_prompts]
+    assert len(set(every)) == len(every)
+    full = make_data.build_splits()
+    assert make_data.build_splits(n_train=10)["eval"] == full["eval"]
+    assert make_data.build_splits(n_sft=10)["train"] == full["train"]
+
+
+def _check_equation(equation: str) -> tuple[list[int], int]:
+    """`a op b = c` with c the true result; returns ([a, b], c)."""
+    match = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", equation)
+    assert match, equation
+    a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+    assert {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op] == c, equation
+    return [a, b], c
+
+
+def test_warmup_demonstrations_are_correct_and_mix_worked_and_bare_answers(data_dir):
+    rows = _read(data_dir / make_data.SFT_FILE)
+    worked = 0
+    for row in rows:
+        bare = re.fullmatch(r"The answer is \\boxed\{(\d+)\}\.", row["response"])
+        if bare:
+            assert bare[1] == row["answer"], row
+            continue
+        worked += 1
+        match = re.fullmatch(r"(.+), so the answer is \\boxed\{(\d+)\}\.", row["response"])
+        assert match and match[2] == row["answer"], row
+        results = []
+        for equation in match[1].split(", "):
+            operands, result = _check_equation(equation)
+            # every operand is a number of the prompt or an earlier result: the work follows the story
+            prompt_numbers = set(map(int, re.findall(r"\d+", row["prompt"])))
+            assert all(n in prompt_numbers or n in results for n in operands), row
+            results.append(result)
+        assert str(results[-1]) == row["answer"], row
+    assert abs(worked / len(rows) - make_data.WORKED_SHARE) < 0.05
 
 
 def test_too_many_rows_fail_naming_the_flags(monkeypatch):
@@ -168,3 +204,29 @@ def test_gguf_becomes_an_hf_llama_our_builder_maps(tmp_path):
     start = time.perf_counter()
     assert smollm2_to_hf.convert(out) == {"model": str(out.resolve()), "cached": True}
     assert time.perf_counter() - start < 5.0
+
+
+def test_warmup_starts_from_a_base_model_and_keys_its_cache_on_it(data_dir, tmp_path):
+    """`--base-model`: the warm-up trains that model (not a fresh one) on a math-only data directory,
+    and a different base model is a different cache entry."""
+    import torch
+    from safetensors.torch import load_file
+
+    base = make_tiny_model(tmp_path / "base", layers=1, hidden=128, kv_heads=1)
+    argv = ["--data", str(data_dir), "--out", str(tmp_path / "cache"), "--base-model", str(base),
+            "--steps", "3", "--batch-size", "2", "--eval-rows", "2", "--max-new-tokens", "4", "--temperature", "0.7"]
+    info = sft_warmup.run(argv)
+    assert not info["cached"] and set(info["accuracy"]) == {"math"}
+    assert set(info["accuracy"]["math"]) == {"greedy", "temperature_0.7"}
+    tuned, start = load_file(Path(info["model"]) / "model.safetensors"), load_file(base / "model.safetensors")
+    assert tuned.keys() == start.keys()
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)  # trained from the base's weights ...
+    assert all(tuned[k].shape == start[k].shape for k in start)     # ... keeping its shape
+    assert sft_warmup.run(argv)["cached"]
+
+    other = make_tiny_model(tmp_path / "other", layers=2, hidden=128, kv_heads=1)
+    key = sft_warmup.cache_key(sft_warmup._parser().parse_args(argv))
+    assert sft_warmup.cache_key(sft_warmup._parser().parse_args(
+        [*argv[:5], str(other), *argv[6:]])) != key
+    with pytest.raises(SystemExit, match="no config.json"):
+        sft_warmup.run([*argv[:5], str(tmp_path), *argv[6:]])

@@ -188,7 +188,7 @@ def test_cache_key_follows_arguments_and_data(data_dir, tmp_path):
     assert key(data_dir) != key(data_dir, "--seed", "1")
     copy = tmp_path / "data"
     copy.mkdir()
-    for name in sft_warmup.KEYED_FILES:
+    for name in (sft_warmup.SFT_FILE, *sft_warmup.TRAIN_FILES.values()):
         (copy / name).write_bytes((data_dir / name).read_bytes())
     assert key(copy) == key(data_dir)
     (copy / "sft.jsonl").write_text((data_dir / "sft.jsonl").read_text()[:-200])
