@@ -32,15 +32,37 @@ _GIB = 1 << 30
 _RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
-class _RotaryReloadWarningFilter(logging.Filter):
-    """Drops vLLM's "RotaryEmbedding: Failed to load weights", logged after every in-place reload:
-    the rotary cos/sin cache is computed, never loaded, so the weight stream has nothing for it
-    and vLLM puts the old cache back (harmless). The same warning for any other layer still shows.
+class _ReloadWarningFilter(logging.Filter):
+    """Drops vLLM's "<layer>: Failed to load weights", logged after every in-place reload, for the
+    layers that never receive weights from the stream: RotaryEmbedding (its cos/sin cache is
+    computed, never loaded; vLLM puts the old cache back) and, with tied embeddings, ParallelLMHead
+    (it shares the embedding's weight; `_refresh_tied_output_layer` re-prepares it). The same
+    warning for any other layer still shows.
     """
+
+    def __init__(self, quiet_layers: tuple[str, ...]) -> None:
+        super().__init__()
+        self.quiet_layers = quiet_layers
 
     def filter(self, record: logging.LogRecord) -> bool:
         layer = record.args[0] if isinstance(record.args, tuple) and record.args else ""
-        return not (record.msg == "%s: Failed to load weights" and str(layer).endswith("RotaryEmbedding"))
+        return not (record.msg == "%s: Failed to load weights" and str(layer).endswith(self.quiet_layers))
+
+
+def _refresh_tied_output_layer(worker) -> None:
+    """Runs in each vLLM worker after an in-place reload of a model with tied embeddings.
+
+    The stream carries the embedding only (HF checkpoints of tied models have no lm_head), and
+    vLLM's reload updates the shared weight in place but re-prepares only the layers it fed. On CPU
+    the output layer's GEMM keeps a oneDNN handle (or packed copy) made from the weight at load
+    time, so without this the head would keep computing logits with the first weights (measured:
+    vLLM-vs-Megatron log-probs off by 2-4 nats after one perturbed sync of a tied tiny model).
+    On GPU the re-preparation is a no-op."""
+    model = worker.model_runner.get_model()
+    head, embedding = model.lm_head, model.model.embed_tokens
+    if head.weight is not embedding.weight:  # the reload may leave the head its own (stale) tensor
+        head.weight = embedding.weight
+    head.quant_method.process_weights_after_loading(head)
 
 
 class RolloutEngine:
@@ -58,8 +80,11 @@ class RolloutEngine:
         self._caller_owns_process_group = dist.is_available() and dist.is_initialized()
         self._on_cpu = _vllm_platform_is_cpu()
         self._llm: LLM | None = _build_llm(str(Path(model_path)), config, self._on_cpu)
+        self._tied_embeddings = bool(getattr(self._llm.llm_engine.model_config.hf_text_config,
+                                             "tie_word_embeddings", False))
         # Scoped to this engine's lifetime (removed in shutdown), not installed at import.
-        self._reload_log_filter = _RotaryReloadWarningFilter()
+        quiet = ("RotaryEmbedding", "ParallelLMHead") if self._tied_embeddings else ("RotaryEmbedding",)
+        self._reload_log_filter = _ReloadWarningFilter(quiet)
         logging.getLogger(_RELOAD_LOGGER).addFilter(self._reload_log_filter)
         self._tokenizer = self._llm.get_tokenizer()
         self._asleep: set[str] = set()
@@ -132,6 +157,8 @@ class RolloutEngine:
         # lets a live generator cross this call. Worker.reload_weights wraps
         # model_runner.reload_weights(weights_iterator=...) in the engine's config context.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        if self._tied_embeddings:
+            self.llm.collective_rpc(_refresh_tied_output_layer)
         # Cached KV blocks were computed with the old weights.
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("load_weights: vLLM could not reset its prefix cache (requests still running)")

@@ -1,6 +1,7 @@
 """Weight sync from Megatron TP/PP shards into per-rank vLLM engines (2 gloo processes)."""
 
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,18 @@ import torch
 from srpo_megatron import platform
 
 
-def _perturb(model, round_index: int) -> None:
-    """Change every weight as a training step would; replicated tensors identically on all TP ranks."""
+def _perturb(model, round_index: int, tied: bool) -> None:
+    """Change every weight as a training step would; replicated tensors identically on all TP ranks,
+    and a tied output layer's copy on the last pipeline stage exactly as its embedding on the first
+    (megatron's finalize_model_grads keeps the two equal in training)."""
     from megatron.core import parallel_state
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     with torch.no_grad():
-        for index, (name, param) in enumerate(model.named_parameters()):
+        for name, param in model.named_parameters():
             sharded = getattr(param, "tensor_model_parallel", False)
-            seed = 1000 * round_index + 10 * index + (tp_rank if sharded else 0)
+            key = "embedding.word_embeddings.weight" if tied and name == "output_layer.weight" else name
+            seed = 1000 * round_index + zlib.crc32(key.encode()) % 997 + (tp_rank if sharded else 0)
             noise = torch.randn(param.shape, generator=torch.Generator().manual_seed(seed))
             param.add_(0.05 * noise.to(param.dtype))
 
@@ -52,7 +56,7 @@ def sync_rank(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
     sequences = torch.randint(0, shape.vocab_size, (3, 24), generator=torch.Generator().manual_seed(7))
     results = []
     for round_index in range(2):  # two syncs in a row
-        _perturb(model, round_index)
+        _perturb(model, round_index, shape.tied_embeddings)
         reloads.clear()
         stats = sync_weights(model, engine, shape, vocab_padded, bucket_bytes=256 * 1024, gather=gather)
         vllm = torch.stack(engine.prompt_logprobs(sequences.tolist()))  # [3, 23]
@@ -68,9 +72,11 @@ def sync_rank(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
     engine.shutdown()
 
 
-@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
-def test_sync_makes_vllm_equal_megatron(tiny_qwen, tmp_path, tp, pp):
-    platform.spawn(sync_rank, 2, str(tiny_qwen), tp, pp, str(tmp_path))
+@pytest.mark.parametrize("tp, pp, tied", [(2, 1, False), (1, 2, False), (2, 1, True), (1, 2, True)])
+def test_sync_makes_vllm_equal_megatron(tiny_qwen, tiny_qwen_tied, tmp_path, tp, pp, tied):
+    """Tied embeddings: the stream carries the embedding only, and vLLM's output layer must follow
+    it (on CPU it kept its load-time GEMM handle: log-probs were off by 2-4 nats before the fix)."""
+    platform.spawn(sync_rank, 2, str(tiny_qwen_tied if tied else tiny_qwen), tp, pp, str(tmp_path))
     files = sorted(tmp_path.glob("rank*.json"))
     results = [json.loads(f.read_text()) for f in files]
     results = [r for r in results if r]
