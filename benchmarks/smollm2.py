@@ -1,6 +1,7 @@
 """SRPO on SmolLM2-135M-Instruct on CPU (examples/smollm2_cpu/run.sh), as one JSON line: held-out
-accuracy before -> after, format rate and response length of the rollouts at the start and the
-end, seconds per step and the total wall time (model set-up, data, training, evaluations).
+accuracy before -> after RL, format rate and response length of the rollouts at the start and the
+end, seconds per step, the supervised warm-up (its time, its accuracy on train rows, whether it was
+cached) and the total wall time (model set-up, data, warm-up, training, evaluations).
 
     python benchmarks/smollm2.py [--out runs/bench_smollm2] [--nproc 2] [config overrides ...]
 
@@ -49,7 +50,9 @@ def main() -> int:
     summary_module = _summary_module()
     config = summary_module.load_config(EXAMPLE / "config.yaml", args.overrides)
     summary = summary_module.summarize(summary_module.read_metrics(out / "run/metrics.jsonl"), config)
-    print(json.dumps({"nproc": args.nproc, "overrides": args.overrides, **summary,
+    warmup = json.loads((out / "sft.json").read_text())
+    warmup = {k: warmup[k] for k in ("steps", "train_time_s", "accuracy", "cached")}
+    print(json.dumps({"nproc": args.nproc, "overrides": args.overrides, **summary, "warmup": warmup,
                       "total_seconds": round(total, 1)}))
     return 0
 
