@@ -230,3 +230,12 @@ def test_warmup_starts_from_a_base_model_and_keys_its_cache_on_it(data_dir, tmp_
         [*argv[:5], str(other), *argv[6:]])) != key
     with pytest.raises(SystemExit, match="no config.json"):
         sft_warmup.run([*argv[:5], str(tmp_path), *argv[6:]])
+
+
+def test_answer_kinds_separates_bare_and_worked_answers():
+    answer_kinds = load_script("smollm2_answer_kinds", "examples/smollm2_cpu/answer_kinds.py").answer_kinds
+    responses = ["The answer is \\boxed{5}.", "2 + 3 = 5, so the answer is \\boxed{5}.", "no idea",
+                 " The answer is \\boxed{7}.", "4 * 2 = 8, so the answer is \\boxed{9}."]
+    kinds = answer_kinds(responses, [True, True, False, False, False])
+    assert kinds == {"responses": 5, "accuracy": 0.4, "boxed_frac": 0.8, "bare_frac": 0.4,
+                     "accuracy_bare": 0.5, "accuracy_worked": 0.3333}
