@@ -69,12 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def keyed_files(args: argparse.Namespace) -> list[Path]:
     """Files the result depends on: the corpus, the problems measured on, this tool's code and, for a
-    base model, its JSON files (config, tokenizer, and the marker a converter such as
-    `tools/smollm2_to_hf.py` writes: what the weights were made from; hashing the weights is not needed)."""
+    base model, every file of its directory (weights included: two directories with the same config
+    but other weights are other models; hashing SmolLM2's 540 MB takes about a second)."""
     data = Path(args.data)
     files = [data / SFT_FILE] + [data / name for name in TRAIN_FILES.values() if (data / name).is_file()]
     if args.base_model:
-        files += sorted(Path(args.base_model).glob("*.json"))
+        files += sorted(path for path in Path(args.base_model).iterdir() if path.is_file())
     return files + list(_CODE_FILES)
 
 

@@ -224,10 +224,12 @@ def test_warmup_starts_from_a_base_model_and_keys_its_cache_on_it(data_dir, tmp_
     assert all(tuned[k].shape == start[k].shape for k in start)     # ... keeping its shape
     assert sft_warmup.run(argv)["cached"]
 
-    other = make_tiny_model(tmp_path / "other", layers=2, hidden=128, kv_heads=1)
-    key = sft_warmup.cache_key(sft_warmup._parser().parse_args(argv))
-    assert sft_warmup.cache_key(sft_warmup._parser().parse_args(
-        [*argv[:5], str(other), *argv[6:]])) != key
+    def key(base_dir: Path) -> str:
+        return sft_warmup.cache_key(sft_warmup._parser().parse_args([*argv[:5], str(base_dir), *argv[6:]]))
+
+    reseeded = make_tiny_model(tmp_path / "reseeded", layers=1, hidden=128, kv_heads=1, seed=5)
+    assert (reseeded / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    assert key(reseeded) != key(base)  # same config, other weights: another model
     with pytest.raises(SystemExit, match="no config.json"):
         sft_warmup.run([*argv[:5], str(tmp_path), *argv[6:]])
 
