@@ -1,5 +1,5 @@
-"""How a model answers the example's word problems: accuracy, how often it boxes a number, how
-often it gives the bare answer (`The answer is \\boxed{N}.`, no calculation), and the accuracy of
+"""How a model answers the example's word problems: accuracy, how often it boxes a number (the
+run config's format term, `reward.format`), how often it gives the bare answer (`The answer is \\boxed{N}.`, no calculation), and the accuracy of
 bare and worked answers apart. This is what the README's reasons for the warm-up rest on.
 
     python examples/smollm2_cpu/answer_kinds.py --model DIR --data runs/smollm2_cpu/data/eval_math.jsonl \
@@ -20,14 +20,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from srpo_megatron.config import load_config  # noqa: E402
+from srpo_megatron.rewards.format import FormatConfig, format_reward  # noqa: E402
 
 CONFIG = Path(__file__).with_name("config.yaml")
 BARE = re.compile(r"\s*The answer is \\boxed\{[^}]*\}")
-BOXED_NUMBER = re.compile(r"\\boxed\{ *-?\d[\d,.]* *\}")
 
 
-def answer_kinds(responses: list[str], correct: list[bool]) -> dict:
-    """Shares of boxed and bare responses, and accuracy overall, of bare and of worked responses."""
+def answer_kinds(responses: list[str], correct: list[bool], boxed: FormatConfig) -> dict:
+    """Shares of boxed (earning the `boxed` format term) and bare responses, and accuracy overall,
+    of bare and of worked responses."""
     bare = [bool(BARE.match(r)) for r in responses]
 
     def accuracy(pick: list[bool]) -> float | None:
@@ -35,7 +36,7 @@ def answer_kinds(responses: list[str], correct: list[bool]) -> dict:
         return round(sum(chosen) / len(chosen), 4) if chosen else None
 
     return {"responses": len(responses), "accuracy": accuracy([True] * len(responses)),
-            "boxed_frac": round(sum(bool(BOXED_NUMBER.search(r)) for r in responses) / len(responses), 4),
+            "boxed_frac": round(sum(format_reward(r, boxed).score for r in responses) / len(responses), 4),
             "bare_frac": round(sum(bare) / len(responses), 4),
             "accuracy_bare": accuracy(bare), "accuracy_worked": accuracy([not b for b in bare])}
 
@@ -53,19 +54,19 @@ def main() -> None:
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=48)
     args = p.parse_args()
     rows = load_rows([args.data], "math")
-    instruction = load_config(CONFIG).data.math_instruction
+    config = load_config(CONFIG)
     engine = RolloutEngine(args.model, RolloutConfig(
         temperature=args.temperature, max_response_tokens=args.max_tokens, n_samples_per_prompt=args.k,
         max_model_len=512, cpu_kvcache_space_gib=1.0, dtype="float32", enforce_eager=True))
     try:
-        rollouts = engine.generate([row["prompt"] + instruction for row in rows])
+        rollouts = engine.generate([row["prompt"] + config.data.math_instruction for row in rows])
     finally:
         engine.shutdown()
     responses = [r.response_text for r in rollouts]
     with GradingPool() as pool:
         results = math_reward_batch(responses, [rows[r.prompt_index]["answer"] for r in rollouts], pool=pool)
     print(json.dumps({"model": args.model, "problems": len(rows), "k": args.k, "temperature": args.temperature,
-                      **answer_kinds(responses, [r.score >= 1.0 for r in results])}))
+                      **answer_kinds(responses, [r.score >= 1.0 for r in results], config.reward.format)}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from srpo_megatron.rewards.format import FormatConfig
 from tests.examples.scripts import load_script
 from tools import sft_warmup, smollm2_to_hf
 from tools.make_tiny_model import make_tiny_model
@@ -238,6 +239,7 @@ def test_answer_kinds_separates_bare_and_worked_answers():
     answer_kinds = load_script("smollm2_answer_kinds", "examples/smollm2_cpu/answer_kinds.py").answer_kinds
     responses = ["The answer is \\boxed{5}.", "2 + 3 = 5, so the answer is \\boxed{5}.", "no idea",
                  " The answer is \\boxed{7}.", "4 * 2 = 8, so the answer is \\boxed{9}."]
-    kinds = answer_kinds(responses, [True, True, False, False, False])
+    boxed = FormatConfig(pattern=r".*\\boxed\{ *-?\d[\d,.]* *\}.*")  # examples/smollm2_cpu/config.yaml's
+    kinds = answer_kinds(responses, [True, True, False, False, False], boxed)
     assert kinds == {"responses": 5, "accuracy": 0.4, "boxed_frac": 0.8, "bare_frac": 0.4,
                      "accuracy_bare": 0.5, "accuracy_worked": 0.3333}
