@@ -134,16 +134,17 @@ def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: f
     from srpo_megatron.algorithms.logprobs import vocab_parallel_entropy
 
     def loss_fn(micro: dict, output: torch.Tensor):
-        logp = token_logprobs(output, micro["tokens"], settings.vocab_size, settings.temperature)  # [b, T]
+        start = micro.get("logits_from", 0)  # output: positions start.. ([b, T - start, V/tp])
+        logp = token_logprobs(output, micro["tokens"], settings.vocab_size, settings.temperature, start)  # [b, T]
         old = micro.get("old_logprobs")
         loss, metrics = policy_loss(logp, logp.detach() if old is None else old, micro["advantages"],
                                     micro["mask"], settings.loss, logp_ref=micro.get("ref_logprobs"),
                                     logp_rollout=micro["rollout_logprobs"], global_num_tokens=global_tokens,
                                     global_num_sequences=global_sequences)
         with torch.no_grad():
-            logits = mask_padded_vocab(output[:, :-1].float(), settings.vocab_size)  # [b, T-1, V/tp]
-            entropy = vocab_parallel_entropy(logits, settings.temperature)  # [b, T-1]
-            mask = micro["mask"][:, 1:]
+            logits = mask_padded_vocab(output[:, :-1].float(), settings.vocab_size)  # [b, T-start-1, V/tp]
+            entropy = vocab_parallel_entropy(logits, settings.temperature)  # [b, T-start-1]
+            mask = micro["mask"][:, start + 1:]
             metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
         if old is None:  # the on-policy update's old log-probs, for the step's metrics
             metrics["logprobs"] = logp.detach()  # to the host in scatter, after the pass

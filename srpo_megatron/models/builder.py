@@ -23,12 +23,17 @@ def transformer_engine_available() -> bool:
 
 
 def layer_spec(use_te: bool):
-    """megatron's GPT layer spec: TE modules (fused norms, fast attention) or local modules."""
+    """megatron's GPT layer spec: TE modules (fused norms, fused attention) or local modules with
+    PyTorch's fused attention (`models.attention.SdpaAttention`) as the core attention."""
     from megatron.core.models.gpt import gpt_layer_specs
+
+    from srpo_megatron.models.attention import SdpaAttention
 
     if use_te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SdpaAttention
+    return spec
 
 
 def build_model(

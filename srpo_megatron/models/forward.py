@@ -1,7 +1,8 @@
 """Running a megatron model through megatron's pipeline schedule (1F1B under PP, plain otherwise).
 
 The caller supplies micro-batches and a per-micro-batch `loss_fn(batch, output) -> (loss, metrics)`
-evaluated on the last pipeline stage, where `output` is this TP rank's logits [b, T, V/tp].
+evaluated on the last pipeline stage, where `output` is this TP rank's logits [b, T, V/tp], or
+[b, T - f, V/tp] for the positions f.. when the micro-batch holds `logits_from` = f.
 Used for verification (forward only), log-prob recomputation and training (forward + backward).
 """
 
@@ -21,11 +22,13 @@ LossFn = Callable[[dict, torch.Tensor], tuple[torch.Tensor, dict]]
 def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only: bool) -> list[dict]:
     """Forward (and backward unless forward_only) over micro-batches; returns loss_fn's metrics.
 
-    Every micro-batch holds "tokens" [b, T] and whatever loss_fn reads. Shapes may differ between
-    micro-batches when the model's config has `variable_seq_lengths` (pipeline p2p then sends
-    shapes first; `policy.build_policy` sets it), else under PP they must all be equal. Batches
-    may live in host memory: each micro-batch moves to the device when its forward runs. The
-    returned list is non-empty only on the last pipeline stage.
+    Every micro-batch holds "tokens" [b, T] and whatever loss_fn reads; an optional int
+    `logits_from` = f makes the output layer run on positions f.. only (log-prob passes need no
+    logits on the prompt: `RolloutBatch.gather` sets it). Shapes may differ between micro-batches
+    when the model's config has `variable_seq_lengths` (pipeline p2p then sends shapes first;
+    `policy.build_policy` sets it), else under PP they must all be equal. Batches may live in host
+    memory: each micro-batch's tensors move to the device when its forward runs. The returned
+    list is non-empty only on the last pipeline stage.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -34,10 +37,12 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
     device = platform.device()
 
     def forward_step(data_iterator, step_model):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in next(data_iterator).items()}
         tokens = batch["tokens"]
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        output = step_model(tokens, positions, None)  # causal mask is built inside attention
+        with _output_layer_from(step_model, batch.get("logits_from", 0)):
+            output = step_model(tokens, positions, None)  # causal mask is built inside attention
         return output, partial(_call_loss, loss_fn, batch)
 
     shapes = {tuple(m["tokens"].shape) for m in micro_batches}
@@ -63,6 +68,30 @@ def _call_loss(loss_fn: LossFn, batch: dict, output: torch.Tensor):
     return loss_fn(batch, output)
 
 
+@contextlib.contextmanager
+def _output_layer_from(model, position: int):
+    """While a forward runs, feed the output layer the hidden states [s, b, h] of positions
+    `position`.. only. A hook on this stage's output layer, removed on exit; no-op for 0 and on
+    stages without the output layer."""
+    from megatron.core.utils import unwrap_model
+
+    output_layer = getattr(unwrap_model(model), "output_layer", None)
+    if not position or output_layer is None:
+        yield
+        return
+    if output_layer.sequence_parallel:
+        raise ValueError("logits_from needs the full sequence at the output layer; sequence parallelism splits it")
+
+    def cut(module, args, kwargs):
+        return (args[0][position:], *args[1:]), kwargs
+
+    handle = output_layer.register_forward_pre_hook(cut, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
     """All TP shards' logits concatenated on the vocabulary axis (verification only: it is big)."""
     from megatron.core import tensor_parallel
@@ -71,17 +100,18 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(output: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, logits_from: int = 0) -> torch.Tensor:
     """log p(token_t | tokens_<t) from this TP rank's logits, without gathering the vocabulary.
 
-    output: [b, T, V/tp] logits; tokens: [b, T]. Returns [b, T]; position 0 (no prefix) is 0.
+    output: [b, T - f, V/tp] logits of positions f = logits_from..; tokens: [b, T]. Returns
+    [b, T]; positions 0..f (no logits before them) are 0.
     """
     from srpo_megatron.algorithms.logprobs import vocab_parallel_logprobs
     from srpo_megatron.models.builder import mask_padded_vocab
 
-    logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-1, V/tp]
-    logprobs = vocab_parallel_logprobs(logits, tokens[:, 1:], temperature=temperature)  # [b, T-1]
-    return torch.nn.functional.pad(logprobs, (1, 0))
+    logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-f-1, V/tp]
+    logprobs = vocab_parallel_logprobs(logits, tokens[:, logits_from + 1:], temperature=temperature)
+    return torch.nn.functional.pad(logprobs, (logits_from + 1, 0))
 
 
 @torch.no_grad()
@@ -89,7 +119,7 @@ def compute_logprobs(model, micro_batches: list[dict], vocab_size: int, temperat
     """Per-token log-probs [b, T] for each micro-batch (on the last pipeline stage; [] elsewhere)."""
 
     def keep_logprobs(batch, output):
-        logprobs = token_logprobs(output, batch["tokens"], vocab_size, temperature)
+        logprobs = token_logprobs(output, batch["tokens"], vocab_size, temperature, batch.get("logits_from", 0))
         return output.sum() * 0.0, {"logprobs": logprobs}
 
     outputs = run_pipeline(model, micro_batches, keep_logprobs, forward_only=True)

@@ -127,16 +127,24 @@ class RolloutBatch:
             start += fits
         return groups
 
-    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str]) -> list[dict[str, torch.Tensor | int]]:
         """The named fields that are set, per micro-batch of `plan`, [b, T] ones cut to the
-        micro-batch's longest row: no compute on padding beyond it."""
+        micro-batch's longest row: no compute on padding beyond it. Each micro-batch also holds
+        `logits_from` (int): the last prompt position before its first response token, from which
+        on the model computes logits (`models.forward.run_pipeline`): no output layer on the
+        prompt positions, whose log-probs nothing reads."""
         present = [name for name in fields if getattr(self, name) is not None]
         lengths = self.row_lengths()
+        has_response = self.mask.any(dim=1)  # [N]
+        first_response = self.mask.to(torch.int8).argmax(dim=1)  # [N]
         micro = []
         for rows in plan:
             width = int(lengths[rows].max())
             picked = {name: getattr(self, name)[rows] for name in present}
-            micro.append({name: t[:, :width] if t.dim() == 2 else t for name, t in picked.items()})
+            starts = first_response[rows][has_response[rows]]
+            logits_from = int(starts.min()) - 1 if starts.numel() else 0
+            micro.append({name: t[:, :width] if t.dim() == 2 else t for name, t in picked.items()}
+                         | {"logits_from": max(logits_from, 0)})
         return micro
 
     def micro_batches(self, rows: range, size: int, fields: Sequence[str],

@@ -39,7 +39,8 @@ def test_the_batch_refuses_tensors_off_the_host():
 def test_micro_batches_hold_the_set_fields_only():
     batch = _batch().with_advantages(torch.tensor([1.0, -1.0, 0.0, 0.0]))
     micro = batch.micro_batches(range(0, 6), 3, ("tokens", "advantages", "old_logprobs"))
-    assert [sorted(m) for m in micro] == [["advantages", "tokens"]] * 2  # old_logprobs not computed yet
+    # old_logprobs not computed yet; logits_from is every micro-batch's (see test_batch_plan)
+    assert [sorted(m) for m in micro] == [["advantages", "logits_from", "tokens"]] * 2
     assert micro[1]["advantages"].tolist() == [0.0, 0.0, 0.0]
     assert batch.zero_groups() == (False, True)
 

@@ -6,9 +6,10 @@ import torch
 from srpo_megatron.rollout.batch import RolloutBatch, Sample
 
 
-def _batch(response_lengths, rows_multiple=1):
-    samples = [Sample("math", 0, [1, 2], [3] * n, [-0.5] * n, False, 0.0, 0.0, False, False)
-               for n in response_lengths]
+def _batch(response_lengths, rows_multiple=1, prompt_lengths=None):
+    prompt_lengths = prompt_lengths or [2] * len(response_lengths)
+    samples = [Sample("math", 0, [1] * p, [3] * n, [-0.5] * n, False, 0.0, 0.0, False, False)
+               for p, n in zip(prompt_lengths, response_lengths)]
     return RolloutBatch.pack(samples, group_size=1, rows_multiple=rows_multiple)
 
 
@@ -38,3 +39,12 @@ def test_scatter_puts_results_back_in_row_order_and_empty_rows_cost_one_column()
     padding, positions = batch.padding(plan)
     assert positions == sum(len(rows) * int(batch.row_lengths()[rows].max()) for rows in plan)
     assert padding == positions - (3 + 8 + 4)  # the empty row's one column is padding
+
+
+def test_logits_from_is_the_last_prompt_position_before_the_micro_batch_s_first_response():
+    batch = _batch([1, 6, 2, 2], rows_multiple=6, prompt_lengths=[5, 3, 4, 2])  # two empty rows at the end
+    plan = [torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([4, 5])]
+    micro = batch.gather(plan, ("tokens",))
+    # responses start at 5, 4 (rows 0, 2) and 3, 2 (rows 1, 3): logits from one before the first;
+    # a micro-batch without responses keeps every position
+    assert [m["logits_from"] for m in micro] == [3, 1, 0]

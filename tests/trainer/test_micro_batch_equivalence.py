@@ -1,16 +1,20 @@
-"""Micro-batch grouping cannot change an update: full-width micro-batches (the old batching),
-micro-batches cut to their own longest row, and token-budget micro-batches of mixed shapes give
+"""Micro-batch grouping cannot change an update: full-width micro-batches with logits on every
+position (the old batching), micro-batches cut to their own longest row, and token-budget
+micro-batches of mixed shapes, all with logits from the first response on (`logits_from`), give
 the same loss and gradients at TP=2 and at PP=2; so does the on-policy update without a
 separate old-log-prob pass."""
 
+import contextlib
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
 
 from srpo_megatron import platform
 
-ROWS, WIDTH, PROMPT = 8, 24, 4
+ROWS, WIDTH = 8, 24
+PROMPTS = [4, 3, 5, 4, 3, 5, 4, 3]  # prompt length per row
 # (micro_batch_size, max_tokens_per_micro_batch): one full-width micro-batch is the old batching
 VARIANTS = {"full_width": (ROWS, 0), "cut_rows": (2, 0), "token_budget": (ROWS, 40)}
 
@@ -21,9 +25,10 @@ def _batch(vocab_size: int):
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab_size, (ROWS, WIDTH), generator=gen)
     mask = torch.zeros(ROWS, WIDTH, dtype=torch.bool)
-    for row, rank in enumerate([3, 0, 6, 1, 7, 2, 5, 4]):  # responses of 2..20 tokens, unsorted; one fills the width
-        mask[row, PROMPT: PROMPT + 2 + rank * (WIDTH - PROMPT - 2) // (ROWS - 1)] = True
-    tokens[~mask & (torch.arange(WIDTH) >= PROMPT)] = 0  # right padding, as RolloutBatch.pack writes it
+    for row, rank in enumerate([3, 0, 6, 1, 7, 2, 5, 4]):  # responses of 2..19 tokens, unsorted; one fills the width
+        prompt = PROMPTS[row]
+        mask[row, prompt: prompt + 2 + rank * (WIDTH - prompt - 2) // (ROWS - 1)] = True
+        tokens[row, prompt:][~mask[row, prompt:]] = 0  # right padding, as RolloutBatch.pack writes it
     no = torch.zeros(ROWS, dtype=torch.bool)
     return RolloutBatch(tokens, mask, torch.zeros(ROWS, WIDTH), torch.zeros(ROWS), no, no, group_size=4,
                         advantages=torch.randn(ROWS, generator=gen))
@@ -37,6 +42,7 @@ def update_rank(hf_dir: str, tp: int, pp: int, out_file: str) -> None:
     from srpo_megatron.models import model_shape, padded_vocab_size
     from srpo_megatron.models.forward import compute_logprobs
     from srpo_megatron.policy import UpdateSettings, build_policy, update_policy
+    from srpo_megatron.rollout.batch import RolloutBatch
     from srpo_megatron.rollout.weight_sync import iter_full_hf_weights
 
     ctx = platform.init_distributed(tp, pp, seed=0)
@@ -48,10 +54,16 @@ def update_rank(hf_dir: str, tp: int, pp: int, out_file: str) -> None:
         return build_policy(shape, ModelConfig(hf_path=hf_dir, tensor_parallel=tp, pipeline_parallel=pp),
                             OptimizerConfig(lr=1e-3, clip_grad=0.0), vocab)
 
-    def update(size: int, max_tokens: int, old: torch.Tensor | None):
+    gather = RolloutBatch.gather
+
+    def every_logit(self, plan, fields):  # the old batching: the output layer on every position
+        return [micro | {"logits_from": 0} for micro in gather(self, plan, fields)]
+
+    def update(size: int, max_tokens: int, old: torch.Tensor | None, all_logits: bool = False):
         model, optimizer = fresh()
         settings = UpdateSettings(1, size, 1e-3, shape.vocab_size, 1.0, PolicyLossConfig(), max_tokens)
-        metrics, own = update_policy(model, optimizer, dataclasses.replace(batch, old_logprobs=old), settings)
+        with mock.patch.object(RolloutBatch, "gather", every_logit) if all_logits else contextlib.nullcontext():
+            metrics, own = update_policy(model, optimizer, dataclasses.replace(batch, old_logprobs=old), settings)
         with torch.no_grad():  # the gradients in HF names, gathered over TP and PP
             for param in model.module.parameters():
                 param.copy_(param.main_grad)
@@ -59,14 +71,19 @@ def update_rank(hf_dir: str, tp: int, pp: int, out_file: str) -> None:
         return {"loss": metrics.get("loss"), "pad_frac": metrics["pad_frac"], "grads": grads, "own": own}
 
     plan = batch.plan(range(ROWS), ROWS)
-    exact = compute_logprobs(fresh()[0].module, batch.gather(plan, ("tokens",)), shape.vocab_size)
+    micro = batch.gather(plan, ("tokens",))
+    assert micro[0]["logits_from"] == min(PROMPTS) - 1
+    exact = compute_logprobs(fresh()[0].module, micro, shape.vocab_size)
     exact = batch.scatter(plan, exact) if exact else None  # the old-log-prob pass (last stage only)
+    every = compute_logprobs(fresh()[0].module, [m | {"logits_from": 0} for m in micro], shape.vocab_size)
+    every = batch.scatter(plan, every) if every else None
     # on-policy: no old log-probs, the update's own forward gives them
     results = {"on_policy": update(ROWS, 0, None), "two_pass": update(ROWS, 0, exact)}
     shifted = exact - 0.05 * batch.mask if exact is not None else None  # ratios != 1: clipping paths run
-    results |= {name: update(size, budget, shifted) for name, (size, budget) in VARIANTS.items()}
+    results |= {name: update(size, budget, shifted, all_logits=name == "full_width")
+                for name, (size, budget) in VARIANTS.items()}
     if ctx.is_last_pp_stage and ctx.tp_rank == 0:
-        results["exact"] = exact
+        results["exact"], results["every_logit"] = exact, every
         torch.save(results, out_file)
 
 
@@ -92,3 +109,5 @@ def test_micro_batching_keeps_loss_and_gradients(tiny_qwen, tmp_path, tp, pp):
     _assert_same_update(results["on_policy"], results["two_pass"], 1e-6)
     mask = _batch(1001).mask
     assert torch.allclose(results["on_policy"]["own"][mask], results["exact"][mask], atol=1e-6)
+    # log-probs from logits on every position equal those with the prompt's logits skipped
+    assert torch.allclose(results["every_logit"][mask], results["exact"][mask], atol=1e-6)

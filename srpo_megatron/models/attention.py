@@ -1,0 +1,70 @@
+"""Core attention for megatron's local layer spec: PyTorch's fused `scaled_dot_product_attention`.
+
+megatron's local `DotProductAttention` (the spec's default where Transformer Engine is absent)
+materialises the [b, heads, s, s] scores, masks them with `masked_fill` and runs a separate
+softmax; on the 2-core CPU machines that was ~12% of an update step of the tiny model (profiled:
+`benchmarks/update_profile.py`). PyTorch's SDPA computes the same function in one fused kernel
+(flash attention on CPU), as Transformer Engine's fused attention does on GPU.
+
+It also takes megatron's packed (THD) batches, `PackedSeqParams(qkv_format="thd")`, which the local
+`DotProductAttention` rejects: each sequence of the pack attends causally to itself only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+
+
+class SdpaAttention(DotProductAttention):
+    """`DotProductAttention` (same construction, scale and TP split) computed by torch SDPA."""
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, **kwargs):
+        super().__init__(config, layer_number, attn_mask_type, attention_type, **kwargs)
+        if self.softmax_offset is not None or self.scale_mask_softmax.window_size is not None:
+            raise ValueError("SdpaAttention: softmax offsets and sliding windows are not supported; "
+                             "use megatron's DotProductAttention spec for such models")
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> [sq, b, np * hn]; under THD packing
+        query [t, np, hn], key/value [t, ng, hn] -> [t, np, hn] (megatron reshapes it after)."""
+        if attention_bias is not None:
+            raise ValueError("SdpaAttention: attention_bias is not supported")
+        causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
+        if packed_seq_params is not None:
+            if packed_seq_params.qkv_format != "thd" or not causal or attention_mask is not None:
+                raise ValueError("SdpaAttention: packed sequences must be causal THD without an attention mask")
+            return self._packed(query, key, value, packed_seq_params.cu_seqlens_q, packed_seq_params.cu_seqlens_kv)
+        # [s, b, n, hn] -> [b, n, s, hn]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        mask = None
+        if attention_mask is not None:  # megatron's masks are True where attention is NOT allowed
+            mask, causal = ~attention_mask, False
+        out = self._sdpa(q, k, v, mask, causal=causal and q.shape[2] > 1)
+        return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
+
+    def _packed(self, query, key, value, cu_seqlens_q, cu_seqlens_kv):
+        if not torch.equal(cu_seqlens_q, cu_seqlens_kv):
+            raise ValueError("SdpaAttention: packed self-attention needs cu_seqlens_q == cu_seqlens_kv")
+        bounds = cu_seqlens_q.tolist()
+        out = torch.empty_like(query)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            # [L, n, hn] -> [1, n, L, hn]
+            q, k, v = (t[start:stop].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+            out[start:stop] = self._sdpa(q, k, v, None, causal=stop - start > 1)[0].transpose(0, 1)
+        return out
+
+    def _sdpa(self, q, k, v, mask, causal: bool):
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        dropout = self.attention_dropout.p if self.training else 0.0
+        # with query-key layer scaling megatron divides the scores by the layer number, then its
+        # softmax multiplies them back: the net scale is the unscaled one
+        scale = self.softmax_scale * (self.scale_mask_softmax.scale or 1.0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                              scale=scale)
