@@ -177,6 +177,35 @@ def test_finish_reasons(engine: RolloutEngine, rollouts: list[Rollout]) -> None:
             assert STOP in engine.tokenizer.decode(r.response_token_ids[-1:])
 
 
+def test_text_decoded_after_sampling_is_vllms_own(engine: RolloutEngine, monkeypatch) -> None:
+    """Without stop strings vLLM does not detokenize while sampling; the text decoded once after
+    is the one its detokenizer builds, and the flat log-probs are the per-token ones."""
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, stop=[], max_response_tokens=32))
+    make = engine._sampling_params
+    assert not make(G).detokenize
+
+    def seeded(detokenize: bool):
+        def params(n: int):
+            p = make(n)
+            p.seed, p.detokenize = 7, detokenize  # same samples in both runs
+            return p
+        return params
+
+    monkeypatch.setattr(engine, "_sampling_params", seeded(False))
+    ours = engine.generate(PROMPTS)
+    monkeypatch.setattr(engine, "_sampling_params", seeded(True))
+    theirs = engine.generate(PROMPTS)
+    assert [r.response_token_ids for r in ours] == [r.response_token_ids for r in theirs]
+    assert [r.response_text for r in ours] == [r.response_text for r in theirs]
+    assert any(r.response_text for r in ours)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.logprobs, b.logprobs)
+    # the random model never samples EOS here; a response ending in it loses it from its text,
+    # as vLLM's detokenizer skips special tokens
+    ids = ours[0].response_token_ids
+    assert engine._decode([*ids, engine.tokenizer.eos_token_id]) == engine._decode(ids) == ours[0].response_text
+
+
 def test_sampled_logprobs_match_hf(rollouts: list[Rollout], hf_policy: torch.nn.Module) -> None:
     for r in rollouts:
         ids = r.prompt_token_ids + r.response_token_ids
