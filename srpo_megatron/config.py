@@ -114,6 +114,9 @@ class TrainingConfig:
     """Token budget of a micro-batch: rows are sorted by length and grouped so that rows x
     longest row stays within it (a row longer than the budget goes alone); 0 groups
     `micro_batch_size` consecutive rows. Either way a micro-batch is cut to its own longest row."""
+    pack_sequences: bool = True
+    """Run each micro-batch as one THD pack of its rows' tokens (megatron's PackedSeqParams):
+    no layer computes on padding. False: right-padded [b, T] micro-batches."""
     seed: int = 1234
     sampler: str = "history_resampling"
     """How prompts are drawn: `history_resampling` (SRPO: at each epoch boundary drop the prompts

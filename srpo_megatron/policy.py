@@ -80,14 +80,17 @@ class UpdateSettings:
     loss: PolicyLossConfig
     max_tokens_per_micro_batch: int = 0
     """Token budget per micro-batch (`RolloutBatch.plan`); 0: micro_batch_size rows each."""
+    pack_sequences: bool = False
+    """Micro-batches as THD packs (`RolloutBatch.gather`)."""
 
     @classmethod
     def for_step(cls, config: TrainConfig, step: int, vocab_size: int) -> UpdateSettings:
         """The settings of update step `step` (0-based): the lr warms up linearly, then holds."""
         warmup = config.optimizer.warmup_steps
         lr = config.optimizer.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
-        return cls(config.training.updates_per_step, config.training.micro_batch_size, lr, vocab_size,
-                   config.rollout.temperature or 1.0, config.loss, config.training.max_tokens_per_micro_batch)
+        training = config.training
+        return cls(training.updates_per_step, training.micro_batch_size, lr, vocab_size, config.rollout.temperature or 1.0,
+                   config.loss, training.max_tokens_per_micro_batch, training.pack_sequences)
 
 
 def update_policy(model, optimizer, batch: RolloutBatch,
@@ -110,7 +113,7 @@ def update_policy(model, optimizer, batch: RolloutBatch,
         rows = range(update_index * per_update, (update_index + 1) * per_update)
         plan = batch.plan(rows, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
         plans += plan
-        micro = batch.gather(plan, UPDATE_FIELDS)
+        micro = batch.gather(plan, UPDATE_FIELDS, settings.pack_sequences)
         # counted on the host (the batch lives there), reduced on the device (NCCL needs CUDA tensors)
         counts = local_loss_counts(batch.mask[rows.start: rows.stop]).to(platform.device())
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
@@ -125,7 +128,7 @@ def update_policy(model, optimizer, batch: RolloutBatch,
         collected += run_pipeline(model, micro, loss_fn, forward_only=False)
         _, grad_norm, _ = optimizer.step()
     own = [m.pop("logprobs") for m in collected if "logprobs" in m]
-    padding, positions = batch.padding(plans)
+    padding, positions = batch.padding(plans, settings.pack_sequences)
     metrics = _mean_metrics(collected) | {"grad_norm": float(grad_norm or 0.0), "pad_frac": padding / positions}
     return metrics, (batch.scatter(plans, own) if own else None)
 

@@ -59,12 +59,10 @@ class SdpaAttention(DotProductAttention):
         return out
 
     def _sdpa(self, q, k, v, mask, causal: bool):
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         dropout = self.attention_dropout.p if self.training else 0.0
         # with query-key layer scaling megatron divides the scores by the layer number, then its
         # softmax multiplies them back: the net scale is the unscaled one
         scale = self.softmax_scale * (self.scale_mask_softmax.scale or 1.0)
+        # grouped-query heads without copying keys and values (each serves heads / groups queries)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                                              scale=scale)
+                                              scale=scale, enable_gqa=q.shape[1] != k.shape[1])

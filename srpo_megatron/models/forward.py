@@ -4,11 +4,18 @@ The caller supplies micro-batches and a per-micro-batch `loss_fn(batch, output) 
 evaluated on the last pipeline stage, where `output` is this TP rank's logits [b, T, V/tp], or
 [b, T - f, V/tp] for the positions f.. when the micro-batch holds `logits_from` = f.
 Used for verification (forward only), log-prob recomputation and training (forward + backward).
+
+A micro-batch that holds `packed_lengths` [b] runs packed: its rows' first `packed_lengths`
+tokens back to back in one THD sequence (megatron's `PackedSeqParams`; Transformer Engine's
+attention on GPU, `models.attention.SdpaAttention` otherwise), so no layer computes on padding;
+the logits come back in the [b, T - f, V/tp] layout (zeros where a row has no token), so
+`loss_fn` is the same either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -37,12 +44,20 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
     device = platform.device()
 
     def forward_step(data_iterator, step_model):
-        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in next(data_iterator).items()}
-        tokens = batch["tokens"]
+        host = next(data_iterator)
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in host.items()}
+        tokens, logits_from = batch["tokens"], batch.get("logits_from", 0)
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        with _output_layer_from(step_model, batch.get("logits_from", 0)):
-            output = step_model(tokens, positions, None)  # causal mask is built inside attention
+        if "packed_lengths" not in host:
+            with _output_layer_rows(step_model, slice(logits_from, None)):
+                output = step_model(tokens, positions, None)  # causal mask is built inside attention
+            return output, partial(_call_loss, loss_fn, batch)
+        packing = _Packing.of(host["packed_lengths"], tokens.shape[1], logits_from, device)
+        with _output_layer_rows(step_model, packing.logit_index):
+            output = step_model(tokens[packing.valid][None], positions[packing.valid][None], None,
+                                packed_seq_params=packing.params)  # last stage: [1, kept, V/tp]
+        if ps.is_pipeline_last_stage():
+            output = packing.unpack(output[0])
         return output, partial(_call_loss, loss_fn, batch)
 
     shapes = {tuple(m["tokens"].shape) for m in micro_batches}
@@ -68,22 +83,54 @@ def _call_loss(loss_fn: LossFn, batch: dict, output: torch.Tensor):
     return loss_fn(batch, output)
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """One micro-batch [b, w] as a THD pack: row i's first lengths[i] tokens, rows back to back."""
+
+    valid: torch.Tensor  # [b, w] bool: the tokens in the pack, on the device
+    kept: torch.Tensor  # [b, w - f] bool: the positions f.. whose logits the loss reads, on the device
+    logit_index: torch.Tensor  # [kept] long: the pack position of each kept logit, row-major
+    params: object  # megatron's PackedSeqParams
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor, width: int, logits_from: int, device) -> _Packing:
+        """From host `lengths` [b] (>= 1 each), so building the pack needs no device sync."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        valid = torch.arange(width) < lengths[:, None]  # [b, w]
+        kept = valid[:, logits_from:]  # [b, w - f]
+        pack_position = (valid.flatten().cumsum(0) - 1).view(valid.shape)  # [b, w]
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32).to(device)
+        longest = int(lengths.max())
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                 max_seqlen_q=longest, max_seqlen_kv=longest)
+        return cls(valid.to(device), kept.to(device), pack_position[:, logits_from:][kept].to(device), params)
+
+    def unpack(self, logits: torch.Tensor) -> torch.Tensor:
+        """[kept, V/tp] logits -> [b, w - f, V/tp], zeros where a row has no token (differentiable)."""
+        out = logits.new_zeros(*self.kept.shape, logits.shape[-1])
+        out[self.kept] = logits
+        return out
+
+
 @contextlib.contextmanager
-def _output_layer_from(model, position: int):
-    """While a forward runs, feed the output layer the hidden states [s, b, h] of positions
-    `position`.. only. A hook on this stage's output layer, removed on exit; no-op for 0 and on
-    stages without the output layer."""
+def _output_layer_rows(model, rows: slice | torch.Tensor):
+    """While a forward runs, feed the output layer only the hidden states [s, b, h] at `rows` of
+    their first axis (a slice, or an index into a THD pack). A hook on this stage's output layer,
+    removed on exit; no-op for every row and on stages without the output layer."""
     from megatron.core.utils import unwrap_model
 
     output_layer = getattr(unwrap_model(model), "output_layer", None)
-    if not position or output_layer is None:
+    if output_layer is None or (isinstance(rows, slice) and rows == slice(0, None)):
         yield
         return
     if output_layer.sequence_parallel:
-        raise ValueError("logits_from needs the full sequence at the output layer; sequence parallelism splits it")
+        raise ValueError("run_pipeline: selecting logit positions needs the full sequence at the output layer; "
+                         "sequence parallelism splits it")
 
     def cut(module, args, kwargs):
-        return (args[0][position:], *args[1:]), kwargs
+        hidden = args[0]
+        return (hidden[rows] if isinstance(rows, slice) else hidden.index_select(0, rows), *args[1:]), kwargs
 
     handle = output_layer.register_forward_pre_hook(cut, with_kwargs=True)
     try:

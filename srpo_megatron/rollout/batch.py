@@ -127,12 +127,15 @@ class RolloutBatch:
             start += fits
         return groups
 
-    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str]) -> list[dict[str, torch.Tensor | int]]:
+    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str],
+               packed: bool = False) -> list[dict[str, torch.Tensor | int]]:
         """The named fields that are set, per micro-batch of `plan`, [b, T] ones cut to the
         micro-batch's longest row: no compute on padding beyond it. Each micro-batch also holds
         `logits_from` (int): the last prompt position before its first response token, from which
         on the model computes logits (`models.forward.run_pipeline`): no output layer on the
-        prompt positions, whose log-probs nothing reads."""
+        prompt positions, whose log-probs nothing reads. `packed`: each also holds
+        `packed_lengths` [b], its rows' `row_lengths`, and runs as one THD pack: no compute on
+        padding at all."""
         present = [name for name in fields if getattr(self, name) is not None]
         lengths = self.row_lengths()
         has_response = self.mask.any(dim=1)  # [N]
@@ -144,11 +147,11 @@ class RolloutBatch:
             starts = first_response[rows][has_response[rows]]
             logits_from = int(starts.min()) - 1 if starts.numel() else 0
             micro.append({name: t[:, :width] if t.dim() == 2 else t for name, t in picked.items()}
-                         | {"logits_from": max(logits_from, 0)})
+                         | {"logits_from": max(logits_from, 0)} | ({"packed_lengths": lengths[rows]} if packed else {}))
         return micro
 
     def micro_batches(self, rows: range, size: int, fields: Sequence[str],
-                      max_tokens: int = 0) -> list[dict[str, torch.Tensor]]:
+                      max_tokens: int = 0) -> list[dict[str, torch.Tensor | int]]:
         """`gather` over `plan(rows, size, max_tokens)`."""
         return self.gather(self.plan(rows, size, max_tokens), fields)
 
@@ -160,12 +163,12 @@ class RolloutBatch:
             out[rows, : part.shape[1]] = part.to(out.device)
         return out
 
-    def padding(self, plan: Sequence[torch.Tensor]) -> tuple[int, int]:
-        """(padding positions, all positions) that `gather(plan, ...)` feeds the model; the real
-        ones are the rows' needed columns (`row_lengths`, 0 for rows without a response)."""
+    def padding(self, plan: Sequence[torch.Tensor], packed: bool = False) -> tuple[int, int]:
+        """(padding positions, all positions) that `gather(plan, ..., packed)` feeds the model; the
+        real ones are the rows' needed columns (`row_lengths`, 0 for rows without a response)."""
         lengths = self.row_lengths()  # [N]
         needed = torch.where(self.mask.any(dim=1), lengths, 0)  # [N]
-        fed = sum(len(rows) * int(lengths[rows].max()) for rows in plan)
+        fed = sum(int(lengths[rows].sum()) if packed else len(rows) * int(lengths[rows].max()) for rows in plan)
         return fed - sum(int(needed[rows].sum()) for rows in plan), fed
 
     def zero_groups(self) -> tuple[bool, ...]:
