@@ -8,7 +8,7 @@ response tokens, backward, grad clipping and AdamW. Both on one thread, as each 
 ranks runs. Prints JSON: median seconds of each over --repeats (after one warm-up), their ratio,
 and with --ops the update's ten most expensive operators (torch profiler, self CPU time).
 
-    .venv/bin/python benchmarks/update_profile.py [--rows 128 --prompt 34 --response 64 --repeats 3 --ops]
+    .venv/bin/python benchmarks/update_profile.py [--rows 128 --prompt 34 --response 64 --repeats 3 --ops] [overrides]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from tiny_runs import CONFIG, prepare  # noqa: E402
 
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ops", action="store_true", help="also profile one update's operators")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. training.pack_sequences=false")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -78,7 +80,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = prepare(Path(tmp))["SRPO_TINY_MODEL"]
-    config = load_config(CONFIG, [f"model.hf_path={model_dir}", "optimizer.lr=5.0e-5", "loss.kl_coef=0.0"])
+    config = load_config(CONFIG, [f"model.hf_path={model_dir}", "optimizer.lr=5.0e-5", "loss.kl_coef=0.0",
+                                  *args.overrides])
     platform.init_distributed(1, 1)
     shape = model_shape(AutoConfig.from_pretrained(model_dir))
     model, optimizer = build_policy(shape, config.model, config.optimizer, padded_vocab_size(shape.vocab_size, 1))
@@ -109,7 +112,8 @@ def main() -> None:
             ours()
         ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
         result["update_top_ops_s"] = {e.key: round(e.self_cpu_time_total / 1e6, 4) for e in ops}
-    print(json.dumps(result | {"rows": args.rows, "prompt": args.prompt, "response": args.response}))
+    print(json.dumps(result | {"rows": args.rows, "prompt": args.prompt, "response": args.response,
+                               "overrides": args.overrides}))
 
 
 if __name__ == "__main__":

@@ -146,19 +146,33 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
     return tensor_parallel.gather_from_tensor_model_parallel_region(logits)
 
 
-def token_logprobs(output: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
-                   temperature: float = 1.0, logits_from: int = 0) -> torch.Tensor:
+def token_logprobs(output: torch.Tensor, tokens: torch.Tensor, vocab_size: int, temperature: float = 1.0,
+                   logits_from: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """log p(token_t | tokens_<t) from this TP rank's logits, without gathering the vocabulary.
 
     output: [b, T - f, V/tp] logits of positions f = logits_from..; tokens: [b, T]. Returns
-    [b, T]; positions 0..f (no logits before them) are 0.
+    [b, T]; positions 0..f (no logits before them) are 0. With `mask` [b, T] only the masked
+    positions are computed, the rest are 0: no vocabulary-wide work where nothing reads it.
     """
     from srpo_megatron.algorithms.logprobs import vocab_parallel_logprobs
     from srpo_megatron.models.builder import mask_padded_vocab
 
-    logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-f-1, V/tp]
-    logprobs = vocab_parallel_logprobs(logits, tokens[:, logits_from + 1:], temperature=temperature)
-    return torch.nn.functional.pad(logprobs, (logits_from + 1, 0))
+    targets = tokens[:, logits_from + 1:]  # [b, T-f-1]
+    if mask is None:
+        logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-f-1, V/tp]
+        logprobs = vocab_parallel_logprobs(logits, targets, temperature)
+        return torch.nn.functional.pad(logprobs, (logits_from + 1, 0))
+    predicted = mask[:, logits_from + 1:]  # [b, T-f-1]: True where the predicted token is a response token
+    picked = vocab_parallel_logprobs(mask_padded_vocab(response_logits(output, mask, logits_from).float(), vocab_size),
+                                     targets[predicted], temperature)  # [n]
+    rows, cols = predicted.nonzero(as_tuple=True)  # row-major, as boolean indexing picks
+    return picked.new_zeros(tokens.shape).index_put((rows, cols + logits_from + 1), picked)
+
+
+def response_logits(output: torch.Tensor, mask: torch.Tensor, logits_from: int = 0) -> torch.Tensor:
+    """[n, V/tp]: the logits that predict the n masked tokens of `mask` [b, T], from `output`
+    [b, T - f, V/tp] of positions f = logits_from.. (the layout `token_logprobs` reads)."""
+    return output[:, :-1][mask[:, logits_from + 1:]]
 
 
 @torch.no_grad()
