@@ -89,8 +89,9 @@ class UpdateSettings:
         warmup = config.optimizer.warmup_steps
         lr = config.optimizer.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
         training = config.training
-        return cls(training.updates_per_step, training.micro_batch_size, lr, vocab_size, config.rollout.temperature or 1.0,
-                   config.loss, training.max_tokens_per_micro_batch, training.pack_sequences)
+        return cls(training.updates_per_step, training.micro_batch_size, lr, vocab_size,
+                   config.rollout.temperature or 1.0, config.loss, training.max_tokens_per_micro_batch,
+                   training.pack_sequences)
 
 
 def update_policy(model, optimizer, batch: RolloutBatch,
