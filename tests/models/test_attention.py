@@ -16,7 +16,7 @@ def attention_pair():
 
     from srpo_megatron.models.attention import SdpaAttention
 
-    platform.init_distributed(1, 1, seed=0)
+    platform.init_distributed(1, 1, seed=0)  # megatron's parallel state; undone after this module
 
     def build(cls, layer_scaling: bool):
         config = TransformerConfig(num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
@@ -24,7 +24,8 @@ def attention_pair():
                                    attention_softmax_in_fp32=True, masked_softmax_fusion=False)
         return cls(config, layer_number=3, attn_mask_type=AttnMaskType.causal, attention_type="self")
 
-    return build, DotProductAttention, SdpaAttention
+    yield build, DotProductAttention, SdpaAttention
+    platform.destroy_distributed()
 
 
 def _qkv(seq: int, batch: int, seed: int = 0):
