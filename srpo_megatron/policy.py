@@ -17,8 +17,8 @@ from srpo_megatron.algorithms import PolicyLossConfig, local_loss_counts, policy
 from srpo_megatron.config import ModelConfig, OptimizerConfig, TrainConfig
 from srpo_megatron.convert.hf_to_mcore import load_hf_weights
 from srpo_megatron.metrics import LOSS_SHARE_KEYS
-from srpo_megatron.models import build_model, mask_padded_vocab
-from srpo_megatron.models.forward import response_logits, run_pipeline, token_logprobs
+from srpo_megatron.models import build_model
+from srpo_megatron.models.forward import response_logits, response_logprobs, run_pipeline
 from srpo_megatron.models.hf_config import ModelShape
 from srpo_megatron.rollout.batch import RolloutBatch
 
@@ -138,16 +138,15 @@ def _loss_fn(settings: UpdateSettings, global_tokens, global_sequences, scale: f
     from srpo_megatron.algorithms.logprobs import vocab_parallel_entropy
 
     def loss_fn(micro: dict, output: torch.Tensor):
-        start = micro.get("logits_from", 0)  # output: positions start.. ([b, T - start, V/tp])
-        logp = token_logprobs(output, micro["tokens"], settings.vocab_size, settings.temperature, start,
-                              micro["mask"])  # [b, T], 0 off the response
+        start, mask = micro.get("logits_from", 0), micro["mask"]  # output: positions start.. ([b, T - start, V/tp])
+        logits = response_logits(output, mask, settings.vocab_size, start)  # [n, V/tp]: the response tokens'
+        logp = response_logprobs(logits, micro["tokens"], mask, settings.temperature, start)  # [b, T], 0 off it
         old = micro.get("old_logprobs")
         loss, metrics = policy_loss(logp, logp.detach() if old is None else old, micro["advantages"],
-                                    micro["mask"], settings.loss, logp_ref=micro.get("ref_logprobs"),
+                                    mask, settings.loss, logp_ref=micro.get("ref_logprobs"),
                                     logp_rollout=micro["rollout_logprobs"], global_num_tokens=global_tokens,
                                     global_num_sequences=global_sequences)
-        with torch.no_grad():  # mean over the response tokens
-            logits = mask_padded_vocab(response_logits(output, micro["mask"], start).float(), settings.vocab_size)
+        with torch.no_grad():  # mean over the response tokens, from the same logits
             metrics["entropy"] = vocab_parallel_entropy(logits, settings.temperature).mean() if len(logits) \
                 else logits.new_zeros(())
         if old is None:  # the on-policy update's old log-probs, for the step's metrics

@@ -147,32 +147,39 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(output: torch.Tensor, tokens: torch.Tensor, vocab_size: int, temperature: float = 1.0,
-                   logits_from: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+                   logits_from: int = 0) -> torch.Tensor:
     """log p(token_t | tokens_<t) from this TP rank's logits, without gathering the vocabulary.
 
     output: [b, T - f, V/tp] logits of positions f = logits_from..; tokens: [b, T]. Returns
-    [b, T]; positions 0..f (no logits before them) are 0. With `mask` [b, T] only the masked
-    positions are computed, the rest are 0: no vocabulary-wide work where nothing reads it.
+    [b, T]; positions 0..f (no logits before them) are 0.
     """
     from srpo_megatron.algorithms.logprobs import vocab_parallel_logprobs
     from srpo_megatron.models.builder import mask_padded_vocab
 
-    targets = tokens[:, logits_from + 1:]  # [b, T-f-1]
-    if mask is None:
-        logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-f-1, V/tp]
-        logprobs = vocab_parallel_logprobs(logits, targets, temperature)
-        return torch.nn.functional.pad(logprobs, (logits_from + 1, 0))
+    logits = mask_padded_vocab(output[:, :-1].float(), vocab_size)  # [b, T-f-1, V/tp]
+    logprobs = vocab_parallel_logprobs(logits, tokens[:, logits_from + 1:], temperature)
+    return torch.nn.functional.pad(logprobs, (logits_from + 1, 0))
+
+
+def response_logits(output: torch.Tensor, mask: torch.Tensor, vocab_size: int, logits_from: int = 0) -> torch.Tensor:
+    """[n, V/tp] float32, padding vocabulary masked: the logits that predict the n masked tokens of
+    `mask` [b, T], from `output` [b, T - f, V/tp] of positions f = logits_from..; the loss's
+    log-probs and entropy need no vocabulary-wide work anywhere else."""
+    from srpo_megatron.models.builder import mask_padded_vocab
+
+    return mask_padded_vocab(output[:, :-1][mask[:, logits_from + 1:]].float(), vocab_size)
+
+
+def response_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+                      logits_from: int = 0) -> torch.Tensor:
+    """[b, T]: log p of each masked token of `tokens` [b, T] from its `response_logits` [n, V/tp],
+    0 off the mask (differentiable)."""
+    from srpo_megatron.algorithms.logprobs import vocab_parallel_logprobs
+
     predicted = mask[:, logits_from + 1:]  # [b, T-f-1]: True where the predicted token is a response token
-    picked = vocab_parallel_logprobs(mask_padded_vocab(response_logits(output, mask, logits_from).float(), vocab_size),
-                                     targets[predicted], temperature)  # [n]
+    picked = vocab_parallel_logprobs(logits, tokens[:, logits_from + 1:][predicted], temperature)  # [n]
     rows, cols = predicted.nonzero(as_tuple=True)  # row-major, as boolean indexing picks
     return picked.new_zeros(tokens.shape).index_put((rows, cols + logits_from + 1), picked)
-
-
-def response_logits(output: torch.Tensor, mask: torch.Tensor, logits_from: int = 0) -> torch.Tensor:
-    """[n, V/tp]: the logits that predict the n masked tokens of `mask` [b, T], from `output`
-    [b, T - f, V/tp] of positions f = logits_from.. (the layout `token_logprobs` reads)."""
-    return output[:, :-1][mask[:, logits_from + 1:]]
 
 
 @torch.no_grad()
