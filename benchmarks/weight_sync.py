@@ -2,9 +2,15 @@
 
 Prints one JSON object (times are medians over --repeats, taken after a warm-up):
 - `sync_s`: the in-memory sync (`sync_weights`, the trainer's call, with a TP gather built once);
-- `floor_s`: vLLM reloading HF tensors that are already in memory, same process, same engine
-  (`RolloutEngine.load_weights` of a ready list): what any in-memory sync costs at least;
-- `sync_over_floor`: `sync_s / floor_s`; `gather_only_s`: the TP gather + HF layout stream alone;
+- `floor_s`: vLLM's own in-place reload (`reload_weights`) of HF tensors that are already in
+  memory, same process, same engine: what a sync through vLLM's loading path costs at least;
+- `sync_over_floor`: the median over repeats of sync / floor, each pair timed back to back (on a
+  2-core machine whose speed drifts from second to second, the ratio of medians swings more);
+  `sync_over_floor_of_medians`: `sync_s / floor_s`; `gather_only_s`: the TP gather + HF layout
+  stream alone;
+- `load_only_s`: the engine's own swap (`RolloutEngine.load_weights`; on CPU the direct loader of
+  `rollout/cpu_weight_loader.py`, not vLLM's reload) of the same ready tensors, and
+  `sync_over_load_only`: `sync_s / load_only_s`, what the gather and the stream add to it;
 - `naive_s`: writing an HF checkpoint to disk and having vLLM reload from the path;
 - `first_sync_s`: the first sync after the engine started (not in the medians), and
   `first_over_warm` = first_sync_s / sync_s;
@@ -13,7 +19,7 @@ Prints one JSON object (times are medians over --repeats, taken after a warm-up)
   /proc/self/clear_refs) minus its RSS just before, after returning freed heap to the OS
   (malloc_trim), so memory that glibc kept from an earlier sync cannot hide the peak. Rank 0's.
 
-    .venv/bin/python benchmarks/weight_sync.py [--hidden 768 --layers 12 --repeats 5 --bucket-mib 32]
+    .venv/bin/python benchmarks/weight_sync.py [--hidden 768 --layers 12 --repeats 9 --bucket-mib 32]
 """
 
 from __future__ import annotations
@@ -108,23 +114,30 @@ def bench_rank(hf_dir: str, repeats: int, bucket_bytes: int | None, out_file: st
         engine.llm.reset_prefix_cache()
 
     first_sync = _timed(sync)  # the first sync after engine start, reported on its own
-    in_memory = list(iter_full_hf_weights(model, shape, vocab, gather))  # the floor's input, ready in memory
+    # the floor's input: ready in memory, each tensor contiguous as an HF checkpoint's
+    in_memory = [(name, tensor.contiguous()) for name, tensor in iter_full_hf_weights(model, shape, vocab, gather)]
 
     def floor() -> None:
+        engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(in_memory)})
+
+    def load_only() -> None:
         engine.load_weights(in_memory)
 
-    for warm_up in (floor, naive, gather_only):
+    variants = {"sync": sync, "floor": floor, "load_only": load_only, "naive": naive, "gather_only": gather_only}
+    for warm_up in variants.values():
         _timed(warm_up)
-    runs: dict[str, list[float]] = {"sync": [], "floor": [], "naive": [], "gather_only": []}
+    runs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
-        for name, fn in (("sync", sync), ("floor", floor), ("naive", naive), ("gather_only", gather_only)):
+        for name, fn in variants.items():
             runs[name].append(_timed(fn))
     # after the timed runs: malloc_trim in the measurement undoes the allocator's warm state
     peaks = {"sync_peak_extra_bytes": _peak_extra_bytes(sync), "floor_peak_extra_bytes": _peak_extra_bytes(floor)}
     if ctx.rank == 0:
         medians = {f"{name}_s": statistics.median(times) for name, times in runs.items()}
         Path(out_file).write_text(json.dumps(medians | {
-            "sync_over_floor": medians["sync_s"] / medians["floor_s"],
+            "sync_over_floor": statistics.median(s / f for s, f in zip(runs["sync"], runs["floor"])),
+            "sync_over_floor_of_medians": medians["sync_s"] / medians["floor_s"],
+            "sync_over_load_only": medians["sync_s"] / medians["load_only_s"],
             "sync_over_naive": medians["sync_s"] / medians["naive_s"],
             "first_sync_s": first_sync, "first_over_warm": first_sync / medians["sync_s"],
             "bytes_moved": stats.bytes_moved, "buckets": stats.buckets, "max_bucket_bytes": stats.max_bucket_bytes,
@@ -137,7 +150,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--ffn", type=int, default=3072)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--bucket-mib", type=float, default=None, help="bucket bound (default: sync_weights' own)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

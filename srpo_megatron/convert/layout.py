@@ -128,10 +128,14 @@ def mcore_to_hf(rule: ParamRule, full: torch.Tensor, shape: ModelShape) -> list[
     """Split a full Megatron tensor into the HF tensors of `rule` (same order as rule.hf_names)."""
     if rule.kind == "copy":
         return [full]
-    if rule.kind == "qkv":
-        grouped = full.reshape(shape.num_query_groups, -1, *full.shape[1:])
-        parts = torch.split(grouped, _qkv_split_sizes(shape), dim=1)
-        return [p.reshape(-1, *full.shape[1:]) for p in parts]
+    if rule.kind == "qkv":  # one copy regroups the rows as [q; k; v]; the HF tensors are its blocks
+        groups, rest = shape.num_query_groups, full.shape[1:]
+        sizes = _qkv_split_sizes(shape)
+        regrouped = torch.empty_like(full)
+        blocks = torch.split(regrouped, [groups * size for size in sizes])
+        for block, part in zip(blocks, torch.split(full.reshape(groups, -1, *rest), sizes, dim=1)):
+            block.view(groups, -1, *rest).copy_(part)
+        return list(blocks)
     if rule.kind == "fc1":
         return list(torch.chunk(full, 2, dim=0))
     if rule.kind == "vocab":

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from srpo_megatron.rollout import cpu_weight_loader
 from srpo_megatron.rollout.types import FinishReason, Rollout, RolloutConfig
 
 if TYPE_CHECKING:
@@ -48,6 +49,15 @@ class _ReloadWarningFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         layer = record.args[0] if isinstance(record.args, tuple) and record.args else ""
         return not (record.msg == "%s: Failed to load weights" and str(layer).endswith(self.quiet_layers))
+
+
+def _supports_direct_load(worker) -> bool:
+    return cpu_weight_loader.supports_direct_load(worker.model_runner.get_model(),
+                                                  worker.vllm_config.model_config.quantization)
+
+
+def _load_directly(worker, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    cpu_weight_loader.load_into(worker.model_runner.get_model(), weights)
 
 
 def _refresh_tied_output_layer(worker) -> None:
@@ -89,6 +99,8 @@ class RolloutEngine:
         logging.getLogger(_RELOAD_LOGGER).addFilter(self._reload_log_filter)
         self._tokenizer = self._llm.get_tokenizer()
         self._asleep: set[str] = set()
+        # CPU: swaps bypass vLLM's generic reload (see cpu_weight_loader); 1 worker in-process
+        self._loads_directly = self._on_cpu and all(self._llm.collective_rpc(_supports_direct_load))
 
     @property
     def llm(self) -> LLM:
@@ -158,12 +170,17 @@ class RolloutEngine:
           the stream keep their current weights;
         - do not overwrite a yielded tensor before this call returns (vLLM may still hold it);
         - with vLLM TP > 1 every rank yields the full tensors: vLLM's loaders shard them.
+        On CPU, `cpu_weight_loader` writes the tensors in instead of vLLM's reload (same contract;
+        it reads each module's tensors before asking for the next module's).
         """
         self._require_awake("load_weights", ("weights",))
         # In-process executors call the worker method directly (no pickling), which is what
         # lets a live generator cross this call. Worker.reload_weights wraps
         # model_runner.reload_weights(weights_iterator=...) in the engine's config context.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        if self._loads_directly:
+            self.llm.collective_rpc(_load_directly, kwargs={"weights": iter(named_tensors)})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         if self._tied_embeddings:
             self.llm.collective_rpc(_refresh_tied_output_layer)
         # Cached KV blocks were computed with the old weights.

@@ -19,7 +19,8 @@ from srpo_megatron import platform
 
 
 class TensorParallelGather:
-    """`gather(shard) -> [tp, *shard.shape]`, the shards of all TP ranks in rank order. Collective."""
+    """`gather(shard) -> [tp, *shard.shape]`, the shards of all TP ranks in rank order, in `out`
+    when given (a contiguous tensor of that shape). Collective."""
 
     def __init__(self, group: dist.ProcessGroup) -> None:
         self.group = group
@@ -32,11 +33,17 @@ class TensorParallelGather:
     def uses_shared_memory(self) -> bool:
         return self._shm_handle is not None
 
-    def __call__(self, shard: torch.Tensor) -> torch.Tensor:
-        if self.size == 1:
+    def __call__(self, shard: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.size == 1 and out is None:
             return shard.unsqueeze(0)
         shard = shard.contiguous()
-        out = torch.empty((self.size, *shard.shape), dtype=shard.dtype, device=shard.device)
+        if out is None:
+            out = torch.empty((self.size, *shard.shape), dtype=shard.dtype, device=shard.device)
+        elif out.shape != (self.size, *shard.shape) or not out.is_contiguous():
+            raise ValueError(f"gather: out must be contiguous {(self.size, *shard.shape)}, got {tuple(out.shape)}")
+        if self.size == 1:
+            out[0].copy_(shard)
+            return out
         if self._shm_handle is not None:
             torch.ops._C.shm_all_gather(self._shm_handle, shard.view(-1), out.view(-1))
         else:

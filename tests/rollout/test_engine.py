@@ -271,6 +271,50 @@ def test_load_weights_swaps_model_in_place(
     torch.testing.assert_close(engine.prompt_logprobs([seq])[0], ref_policy, atol=ATOL, rtol=0)
 
 
+
+def _as_the_sync_streams(weights: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensor shapes the weight sync yields: row-parallel weights as transposed views, gate
+    and up as adjacent rows of one tensor (both taken without a copy by the CPU loader)."""
+    for name, tensor in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            yield name, tensor.t().contiguous().t()
+        elif name.endswith("gate_proj.weight"):
+            fused = torch.cat([tensor, weights[name.replace("gate_proj", "up_proj")]])
+            yield name, fused[: tensor.shape[0]]
+            yield name.replace("gate_proj", "up_proj"), fused[tensor.shape[0]:]
+        elif not name.endswith("up_proj.weight"):
+            yield name, tensor
+
+
+def test_cpu_load_equals_vllms_own_reload(engine: RolloutEngine, tiny_model_dir: Path,
+                                          other_tiny_model_dir: Path) -> None:
+    """The CPU loader that replaces vLLM's generic reload (cpu_weight_loader.py) leaves the engine
+    computing exactly what vLLM's reload leaves it computing, bit for bit, whichever tensor
+    layouts the stream holds; the stream's tensors are left as they were."""
+    assert engine._loads_directly  # else this test would compare vLLM's reload with itself
+    seq = engine.tokenizer.encode("Let me think step by step. 3 + 7 = 10", add_special_tokens=False)
+    other = _load_safetensors(other_tiny_model_dir)
+    engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(other.items())})
+    engine.llm.reset_prefix_cache()
+    by_vllm = engine.prompt_logprobs([seq])[0]
+    engine.load_weights(_load_safetensors(tiny_model_dir).items())
+    streamed = list(_as_the_sync_streams(other))
+    before = [t.clone() for _, t in streamed]
+    engine.load_weights(streamed)
+    assert torch.equal(engine.prompt_logprobs([seq])[0], by_vllm)
+    assert all(torch.equal(t, b) for (_, t), b in zip(streamed, before))
+    engine.load_weights(_load_safetensors(tiny_model_dir).items())
+
+
+def test_cpu_load_rejects_a_bad_stream_naming_the_module(engine: RolloutEngine, tiny_model_dir: Path) -> None:
+    weights = _load_safetensors(tiny_model_dir)
+    o_proj = weights["model.layers.0.self_attn.o_proj.weight"]
+    with pytest.raises(ValueError, match=r"RowParallelLinear\.weight is \(\d+, \d+\), the stream gave"):
+        engine.load_weights([("model.layers.0.self_attn.o_proj.weight", o_proj[:, :-1])])
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(RuntimeError, match=r"left incomplete: \['model\.layers\.0\.self_attn\.qkv_proj\.weight'\]"):
+        engine.load_weights([(q_proj, weights[q_proj])])
+
 _TRAINER_OWNED_GROUP_SCRIPT = """
 import sys, tempfile
 import torch, torch.distributed as dist
