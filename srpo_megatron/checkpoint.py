@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from srpo_megatron.convert.mcore_io import CheckpointInfo, write_model_metadata
+from srpo_megatron.process_lifetime import die_with_parent
 
 if TYPE_CHECKING:
     from srpo_megatron.config import ModelConfig
@@ -125,6 +126,23 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _checkpoint_queue_dies_with_this_rank() -> None:
+    """megatron's dist_checkpointing starts a multiprocessing Manager (a server process) at its
+    first save and caches the Manager's queue in a module global. Nothing stops that server when
+    this rank is SIGKILLed: each `kill -9` of a run left a ~275 MB orphan. So we start the Manager
+    first, as megatron would, but with a server that dies with this rank. The queue proxy keeps
+    its Manager alive, as megatron's does."""
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(initializer=die_with_parent)
+        filesystem_async._results_queue = manager.Queue()
+
+
 def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
                     info: CheckpointInfo, hf_dir: str) -> Path:
     """Collective: write step `step` atomically and return its final path."""
@@ -138,6 +156,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, trainer_state: dict,
             shutil.rmtree(interrupted, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    _checkpoint_queue_dies_with_this_rank()
     model_sd = model.sharded_state_dict()
     state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd)}
     dist_checkpointing.save(state, str(tmp))

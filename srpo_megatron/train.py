@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 
-_PR_SET_PDEATHSIG = 1
+from srpo_megatron.process_lifetime import die_with_parent
 
 
 def die_with_launcher() -> None:
@@ -23,16 +22,8 @@ def die_with_launcher() -> None:
     outlives its shell on purpose. The signal fires when the thread that started us exits;
     torchrun starts its workers from its main thread. SIGKILL, not SIGTERM: SIGTERM asks for a
     checkpoint, which needs every rank and would race a restarted job."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    import ctypes
-
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # torchrun died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from srpo_megatron.checkpoint import COMPLETE, latest_checkpoint
@@ -121,8 +122,12 @@ def test_kill_9_then_resume_reproduces_the_run(setup, full_run):
     while not (len(_metrics(run_dir)) >= 3 and latest_checkpoint(run_dir)) and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.2)
+    helpers = psutil.Process(proc.pid).children(recursive=True)  # ranks and what they started
+    assert any("multiprocessing" in " ".join(p.cmdline()) for p in helpers)  # megatron's checkpoint Manager
     os.killpg(proc.pid, signal.SIGKILL)  # no clean-up of any kind
     proc.wait()
+    _, alive = psutil.wait_procs(helpers, timeout=30)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]  # nothing outlives the killed run
     assert latest_checkpoint(run_dir).name == "step_000002"
     resumed = _torchrun(config, run_dir, "--resume", "auto")
     out, _ = resumed.communicate(timeout=900)
