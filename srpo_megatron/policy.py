@@ -82,6 +82,8 @@ class UpdateSettings:
     """Token budget per micro-batch (`RolloutBatch.plan`); 0: micro_batch_size rows each."""
     pack_sequences: bool = False
     """Micro-batches as THD packs (`RolloutBatch.gather`)."""
+    share_prompts: bool = False
+    """Packed rows with the same prompt compute it once (`RolloutBatch.gather`)."""
 
     @classmethod
     def for_step(cls, config: TrainConfig, step: int, vocab_size: int) -> UpdateSettings:
@@ -91,7 +93,7 @@ class UpdateSettings:
         training = config.training
         return cls(training.updates_per_step, training.micro_batch_size, lr, vocab_size,
                    config.rollout.temperature or 1.0, config.loss, training.max_tokens_per_micro_batch,
-                   training.pack_sequences)
+                   training.pack_sequences, training.share_prompts)
 
 
 def update_policy(model, optimizer, batch: RolloutBatch,
@@ -114,7 +116,7 @@ def update_policy(model, optimizer, batch: RolloutBatch,
         rows = range(update_index * per_update, (update_index + 1) * per_update)
         plan = batch.plan(rows, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
         plans += plan
-        micro = batch.gather(plan, UPDATE_FIELDS, settings.pack_sequences)
+        micro = batch.gather(plan, UPDATE_FIELDS, settings.pack_sequences, settings.share_prompts)
         # counted on the host (the batch lives there), reduced on the device (NCCL needs CUDA tensors)
         counts = local_loss_counts(batch.mask[rows.start: rows.stop]).to(platform.device())
         dist.all_reduce(counts, group=ps.get_data_parallel_group())

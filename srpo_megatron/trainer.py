@@ -169,7 +169,7 @@ class Trainer:
         """[N, T] on the host, on the last pipeline stage; None on the others."""
         training = self.config.training
         plan = batch.plan(range(batch.num_rows), training.micro_batch_size, training.max_tokens_per_micro_batch)
-        micro = batch.gather(plan, ("tokens",), training.pack_sequences)
+        micro = batch.gather(plan, ("tokens",), training.pack_sequences, training.share_prompts)
         parts = compute_logprobs(model, micro, self.shape.vocab_size, self.config.rollout.temperature or 1.0)
         return batch.scatter(plan, parts) if parts else None
 

@@ -7,16 +7,52 @@ with `benchmarks/update_profile.py --ops`). PyTorch's SDPA computes the same fun
 (flash attention on CPU), as Transformer Engine's fused attention does on GPU.
 
 It also takes megatron's packed (THD) batches, `PackedSeqParams(qkv_format="thd")`, which the local
-`DotProductAttention` rejects: each sequence of the pack attends causally to itself only.
+`DotProductAttention` rejects: each sequence of the pack attends causally to itself only. And it
+takes `SharedPromptParams`: one sequence holding each distinct prompt once and every response
+after it, where a response attends to its prompt and causally to itself
+(`models.forward._SharedPrompts` builds them).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+
+
+@dataclass(frozen=True)
+class SharedPromptLayout:
+    """Where a shared-prompt sequence's pieces are: prompts [p, P] and responses [r, R] as sequence
+    positions, right-padded (`*_valid`), and the prompt of each response [r]."""
+
+    prompt_index: torch.Tensor
+    prompt_valid: torch.Tensor
+    response_index: torch.Tensor
+    response_valid: torch.Tensor
+    response_prompt: torch.Tensor
+
+    @classmethod
+    def of(cls, prompt_spans: list[torch.Tensor], response_spans: list[torch.Tensor],
+           response_prompt: torch.Tensor, device) -> SharedPromptLayout:
+        def padded(spans):
+            index = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)
+            valid = torch.arange(index.shape[1]) < torch.tensor([len(s) for s in spans])[:, None]
+            return index.to(device), valid.to(device)
+
+        return cls(*padded(prompt_spans), *padded(response_spans), response_prompt.to(device))
+
+
+@dataclass
+class SharedPromptParams(PackedSeqParams):
+    """megatron's packed-sequence parameters in sbhd format (RoPE and the layers see one ordinary
+    sequence) carrying the shared-prompt layout to `SdpaAttention`."""
+
+    layout: SharedPromptLayout | None = None
 
 
 class SdpaAttention(DotProductAttention):
@@ -35,6 +71,10 @@ class SdpaAttention(DotProductAttention):
         if attention_bias is not None:
             raise ValueError("SdpaAttention: attention_bias is not supported")
         causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
+        if isinstance(packed_seq_params, SharedPromptParams):
+            if not causal or attention_mask is not None or query.shape[1] != 1:
+                raise ValueError("SdpaAttention: shared prompts must be one causal sequence without an attention mask")
+            return self._shared_prompts(query[:, 0], key[:, 0], value[:, 0], packed_seq_params.layout)
         if packed_seq_params is not None:
             if packed_seq_params.qkv_format != "thd" or not causal or attention_mask is not None:
                 raise ValueError("SdpaAttention: packed sequences must be causal THD without an attention mask")
@@ -67,6 +107,27 @@ class SdpaAttention(DotProductAttention):
 
         out = self._sdpa(padded(query), padded(key), padded(value), None, causal=True)  # [b, np, L, hn]
         return out.transpose(1, 2)[valid]
+
+    def _shared_prompts(self, q, k, v, layout: SharedPromptLayout):
+        """[s, heads, hn] -> [s, 1, np * hn]: each prompt attends causally to itself (one batch of
+        right-padded prompts), each response to its prompt's valid tokens and causally to itself
+        (one batch of right-padded responses, keys = its prompt then itself). Padding queries
+        see at least themselves, so no row is empty; their outputs are dropped."""
+        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
+        prompt_index, response_index = layout.prompt_index, layout.response_index
+        if prompt_index.shape[1]:
+            heads_first = [t[prompt_index].transpose(1, 2) for t in (q, k, v)]  # [p, n, P, hn]
+            attended = self._sdpa(*heads_first, None, causal=True).transpose(1, 2)
+            out[prompt_index[layout.prompt_valid]] = attended[layout.prompt_valid]
+        keys = torch.cat([prompt_index[layout.response_prompt], response_index], dim=1)  # [r, P + R]
+        length = response_index.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        allowed = torch.cat([layout.prompt_valid[layout.response_prompt][:, None, :].expand(-1, length, -1),
+                             causal.expand(len(keys), -1, -1)], dim=2)  # [r, R, P + R]
+        attended = self._sdpa(q[response_index].transpose(1, 2), k[keys].transpose(1, 2), v[keys].transpose(1, 2),
+                              allowed[:, None], causal=False).transpose(1, 2)
+        out[response_index[layout.response_valid]] = attended[layout.response_valid]
+        return out.reshape(out.shape[0], 1, -1)
 
     def _sdpa(self, q, k, v, mask, causal: bool):
         dropout = self.attention_dropout.p if self.training else 0.0

@@ -8,8 +8,9 @@ Used for verification (forward only), log-prob recomputation and training (forwa
 A micro-batch that holds `packed_lengths` [b] runs packed: its rows' first `packed_lengths`
 tokens back to back in one THD sequence (megatron's `PackedSeqParams`; Transformer Engine's
 attention on GPU, `models.attention.SdpaAttention` otherwise), so no layer computes on padding;
-the logits come back in the [b, T - f, V/tp] layout (zeros where a row has no token), so
-`loss_fn` is the same either way.
+one that also holds `response_starts` [b] runs with shared prompts where the attention supports
+them (`_SharedPrompts`). The logits come back in the [b, T - f, V/tp] layout (zeros where a row
+has no token), so `loss_fn` is the same either way.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
     from megatron.core.utils import get_model_config
 
     device = platform.device()
+    shares_prompts = _attention_shares_prompts(model)
 
     def forward_step(data_iterator, step_model):
         host = next(data_iterator)
@@ -52,12 +54,21 @@ def run_pipeline(model, micro_batches: list[dict], loss_fn: LossFn, forward_only
             with _output_layer_rows(step_model, slice(logits_from, None)):
                 output = step_model(tokens, positions, None)  # causal mask is built inside attention
             return output, partial(_call_loss, loss_fn, batch)
-        packing = _Packing.of(host["packed_lengths"], tokens.shape[1], logits_from, device)
-        with _output_layer_rows(step_model, packing.logit_index):
-            output = step_model(tokens[packing.valid][None], positions[packing.valid][None], None,
-                                packed_seq_params=packing.params)  # last stage: [1, kept, V/tp]
+        if "response_starts" in host and shares_prompts:
+            shared = _SharedPrompts.of(host["tokens"], host["packed_lengths"], host["response_starts"],
+                                       logits_from, device)
+            with _output_layer_rows(step_model, shared.logit_index), _rotary_positions(step_model, shared.positions):
+                output = step_model(shared.tokens, shared.positions[None], None,
+                                    packed_seq_params=shared.params)  # last stage: [1, kept, V/tp]
+            kept = shared.kept
+        else:
+            packing = _Packing.of(host["packed_lengths"], tokens.shape[1], logits_from, device)
+            with _output_layer_rows(step_model, packing.logit_index):
+                output = step_model(tokens[packing.valid][None], positions[packing.valid][None], None,
+                                    packed_seq_params=packing.params)  # last stage: [1, kept, V/tp]
+            kept = packing.kept
         if ps.is_pipeline_last_stage():
-            output = packing.unpack(output[0])
+            output = _unpack(output[0], kept)
         return output, partial(_call_loss, loss_fn, batch)
 
     shapes = {tuple(m["tokens"].shape) for m in micro_batches}
@@ -106,11 +117,89 @@ class _Packing:
                                  max_seqlen_q=longest, max_seqlen_kv=longest)
         return cls(valid.to(device), kept.to(device), pack_position[:, logits_from:][kept].to(device), params)
 
-    def unpack(self, logits: torch.Tensor) -> torch.Tensor:
-        """[kept, V/tp] logits -> [b, w - f, V/tp], zeros where a row has no token (differentiable)."""
-        out = logits.new_zeros(*self.kept.shape, logits.shape[-1])
-        out[self.kept] = logits
-        return out
+
+
+def _unpack(logits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """[kept, V/tp] logits -> [b, w - f, V/tp], zeros where a row has no token (differentiable)."""
+    out = logits.new_zeros(*kept.shape, logits.shape[-1])
+    out[kept] = logits
+    return out
+
+
+@dataclass(frozen=True)
+class _SharedPrompts:
+    """One micro-batch [b, w] as one sequence in which rows with the same prompt share it: each
+    distinct prompt once, then each of its rows' responses. The sequence carries each token's
+    position in its row (`positions`, for RoPE) and, in `params`, the layout by which
+    `SdpaAttention` lets a prompt attend to itself and a response to its prompt and itself; so
+    every logit is the one its row alone would give, and a group of 16 rollouts computes its
+    prompt once instead of 16 times."""
+
+    kept: torch.Tensor  # [b, w - f] bool: the positions f.. whose logits the loss reads
+    logit_index: torch.Tensor  # [kept] long: the sequence position of each kept logit, row-major
+    tokens: torch.Tensor  # [1, t]
+    positions: torch.Tensor  # [t] long: each token's position in its row
+    params: object  # SharedPromptParams
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, logits_from: int,
+           device) -> _SharedPrompts:
+        """From host tokens [b, w], row lengths [b] and response starts [b]."""
+        from srpo_megatron.models.attention import SharedPromptLayout, SharedPromptParams
+
+        where = torch.full(tokens.shape, -1, dtype=torch.long)  # [b, w]: each row token's sequence position
+        pieces, positions, prompt_spans, response_spans, response_prompt = [], [], [], [], []
+        prompts: dict[tuple[int, ...], int] = {}  # prompt tokens -> its index in prompt_spans
+        size = 0
+        for row in range(tokens.shape[0]):
+            start, length = int(starts[row]), int(lengths[row])
+            key = tuple(tokens[row, :start].tolist())
+            if key not in prompts:
+                prompts[key] = len(prompt_spans)
+                prompt_spans.append(torch.arange(size, size + start))
+                pieces.append(tokens[row, :start])
+                positions.append(torch.arange(start))
+                size += start
+            response_prompt.append(prompts[key])
+            where[row, :start] = prompt_spans[prompts[key]]
+            response_spans.append(torch.arange(size, size + length - start))
+            where[row, start:length] = response_spans[-1]
+            pieces.append(tokens[row, start:length])
+            positions.append(torch.arange(start, length))
+            size += length - start
+        layout = SharedPromptLayout.of(prompt_spans, response_spans, torch.tensor(response_prompt), device)
+        params = SharedPromptParams(qkv_format="sbhd", max_seqlen_q=size, max_seqlen_kv=size, layout=layout)
+        valid = torch.arange(tokens.shape[1]) < lengths[:, None]
+        kept = valid[:, logits_from:]
+        return cls(kept.to(device), where[:, logits_from:][kept].to(device), torch.cat(pieces)[None].to(device),
+                   torch.cat(positions).to(device), params)
+
+
+def _attention_shares_prompts(model) -> bool:
+    """Whether the model's core attention takes shared-prompt layouts (the local spec's SDPA
+    attention; Transformer Engine's takes THD packs instead)."""
+    from megatron.core.utils import unwrap_model
+
+    from srpo_megatron.models.attention import SdpaAttention
+
+    return any(isinstance(module, SdpaAttention) for module in unwrap_model(model).modules())
+
+
+@contextlib.contextmanager
+def _rotary_positions(model, positions: torch.Tensor):
+    """While a forward runs, give each token the rotary embedding of `positions` [t] instead of
+    its index in the sequence. A hook on the model's rotary embedding, removed on exit."""
+    from megatron.core.utils import unwrap_model
+
+    rotary = getattr(unwrap_model(model), "rotary_pos_emb", None)
+    if rotary is None:  # learned absolute positions: the position ids already say it
+        yield
+        return
+    handle = rotary.register_forward_hook(lambda module, args, freqs: freqs[positions])
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

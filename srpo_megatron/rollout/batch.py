@@ -127,15 +127,16 @@ class RolloutBatch:
             start += fits
         return groups
 
-    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str],
-               packed: bool = False) -> list[dict[str, torch.Tensor | int]]:
+    def gather(self, plan: Sequence[torch.Tensor], fields: Sequence[str], packed: bool = False,
+               share_prompts: bool = False) -> list[dict[str, torch.Tensor | int]]:
         """The named fields that are set, per micro-batch of `plan`, [b, T] ones cut to the
         micro-batch's longest row: no compute on padding beyond it. Each micro-batch also holds
         `logits_from` (int): the last prompt position before its first response token, from which
         on the model computes logits (`models.forward.run_pipeline`): no output layer on the
         prompt positions, whose log-probs nothing reads. `packed`: each also holds
         `packed_lengths` [b], its rows' `row_lengths`, and runs as one THD pack: no compute on
-        padding at all."""
+        padding at all. `share_prompts` (with `packed`): each also holds `response_starts` [b],
+        and rows with the same tokens before it compute them once."""
         present = [name for name in fields if getattr(self, name) is not None]
         lengths = self.row_lengths()
         has_response = self.mask.any(dim=1)  # [N]
@@ -147,7 +148,8 @@ class RolloutBatch:
             starts = first_response[rows][has_response[rows]]
             logits_from = int(starts.min()) - 1 if starts.numel() else 0
             micro.append({name: t[:, :width] if t.dim() == 2 else t for name, t in picked.items()}
-                         | {"logits_from": max(logits_from, 0)} | ({"packed_lengths": lengths[rows]} if packed else {}))
+                         | {"logits_from": max(logits_from, 0)} | ({"packed_lengths": lengths[rows]} if packed else {})
+                         | ({"response_starts": first_response[rows]} if packed and share_prompts else {}))
         return micro
 
     def micro_batches(self, rows: range, size: int, fields: Sequence[str],
