@@ -118,7 +118,6 @@ class _Packing:
         return cls(valid.to(device), kept.to(device), pack_position[:, logits_from:][kept].to(device), params)
 
 
-
 def _unpack(logits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """[kept, V/tp] logits -> [b, w - f, V/tp], zeros where a row has no token (differentiable)."""
     out = logits.new_zeros(*kept.shape, logits.shape[-1])
