@@ -119,9 +119,9 @@ class TrainingConfig:
     no layer computes on padding. False: right-padded [b, T] micro-batches."""
     share_prompts: bool = True
     """With `pack_sequences`: rows of a micro-batch with the same prompt (a group's rollouts)
-    compute it once, each response attending to it at its own positions. Needs an attention that
-    takes an explicit mask: the local spec's SDPA attention (CPU); with Transformer Engine the
-    micro-batch runs as a plain THD pack."""
+    compute it once, each response attending to it at its own positions. Needs the local spec's
+    SDPA attention (`models/attention.py`, CPU); with Transformer Engine the micro-batch runs as a
+    plain THD pack."""
     seed: int = 1234
     sampler: str = "history_resampling"
     """How prompts are drawn: `history_resampling` (SRPO: at each epoch boundary drop the prompts
