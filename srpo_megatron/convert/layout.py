@@ -169,6 +169,26 @@ def unshard(rule: ParamRule, stacked: torch.Tensor) -> torch.Tensor:
     return stacked.movedim(0, rule.tp_dim).flatten(rule.tp_dim, rule.tp_dim + 1)
 
 
+def gather_full(rule: ParamRule, local: torch.Tensor, gather) -> torch.Tensor:
+    """The full tensor from this TP rank's slice through `gather(shard, out=None) -> [tp, *shard]`
+    (an all-gather, `rollout.tp_gather`), laid out so that no copy reorders it, where `unshard` of
+    one gather copies fc1 and row-parallel weights (~80% of a layer):
+    - fc1 slices are [gate_i; up_i]: gathering the halves separately lands [gate; up] directly;
+    - row-parallel [out, in/tp] slices are gathered transposed, and the full weight is the
+      transposed view of the [in, out] result (vLLM's CPU GEMM also packs [in, out] 3x faster)."""
+    if rule.tp_dim is None or gather.size == 1:
+        return local
+    if rule.tp_dim == 1:
+        return gather(local.t()).flatten(0, 1).t()
+    if rule.kind != "fc1":
+        return unshard(rule, gather(local))
+    halves = local.chunk(2)
+    full = local.new_empty((2, gather.size, *halves[0].shape))
+    for half, out in zip(halves, full):
+        gather(half, out=out)
+    return full.flatten(0, 2)
+
+
 def rules_by_name(shape: ModelShape) -> dict[str, ParamRule]:
     return {rule.name: rule for rule in param_rules(shape)}
 

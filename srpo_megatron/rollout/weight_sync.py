@@ -71,7 +71,7 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int,
     for rule, layer in layout.sync_order(shape):
         owner = _owner_stage(rule, layer, shape, pp_size)
         if owner == pp_rank:
-            full = _gather_full(rule, params[(rule.name, layer)].detach(), gather)
+            full = layout.gather_full(rule, params[(rule.name, layer)].detach(), gather)
         else:
             full = torch.empty(layout.full_shape(rule, shape, vocab_size_padded), dtype=dtype, device=device)
         if pp_size > 1:
@@ -79,25 +79,6 @@ def iter_full_hf_weights(model, shape: ModelShape, vocab_size_padded: int,
             full = full.contiguous()
             dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
         yield from layout.hf_named(rule, layer, full, shape)
-
-
-def _gather_full(rule: layout.ParamRule, local: torch.Tensor, gather: TensorParallelGather) -> torch.Tensor:
-    """The full Megatron tensor from this rank's shard, gathered so that no copy reorders it
-    (`layout.unshard` of a plain gather copies fc1 and row-parallel weights, ~80% of a layer):
-    - fc1 shards are [gate_i; up_i]: gathering the halves separately lands [gate; up] directly;
-    - row-parallel [out, in/tp] shards are gathered transposed, and the full weight is the
-      transposed view of the [in, out] result (vLLM's CPU GEMM also packs [in, out] 3x faster)."""
-    if rule.tp_dim is None or gather.size == 1:
-        return local
-    if rule.tp_dim == 1:
-        return gather(local.t()).flatten(0, 1).t()
-    if rule.kind != "fc1":
-        return layout.unshard(rule, gather(local))
-    halves = local.chunk(2)
-    full = local.new_empty((2, gather.size, *halves[0].shape))
-    for half, out in zip(halves, full):
-        gather(half, out=out)
-    return full.flatten(0, 2)
 
 
 def hf_weight_shapes(shape: ModelShape, vocab_size_padded: int) -> list[tuple[str, tuple[int, ...]]]:
