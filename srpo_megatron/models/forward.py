@@ -168,8 +168,7 @@ class _SharedPrompts:
             size += length - start
         layout = SharedPromptLayout.of(prompt_spans, response_spans, torch.tensor(response_prompt), device)
         params = SharedPromptParams(qkv_format="sbhd", max_seqlen_q=size, max_seqlen_kv=size, layout=layout)
-        valid = torch.arange(tokens.shape[1]) < lengths[:, None]
-        kept = valid[:, logits_from:]
+        kept = where[:, logits_from:] >= 0  # the row tokens the sequence holds
         return cls(kept.to(device), where[:, logits_from:][kept].to(device), torch.cat(pieces)[None].to(device),
                    torch.cat(positions).to(device), params)
 
